@@ -17,9 +17,6 @@ import numpy as np
 
 from aar_ray.testbeds import lexicon
 
-SPLITS = ("train_label", "train_unlabel", "test")
-
-
 @dataclass(frozen=True)
 class SplitSizes:
     train_label: int = 300

@@ -63,9 +63,10 @@ def read_jsonl(path: Path, fmt: str | None = None) -> tuple[str, list[dict]]:
             raise TestbedError(f"{where}: not valid JSON ({err.msg})") from None
         if not isinstance(row, dict):
             raise TestbedError(f"{where}: expected a JSON object, got {type(row).__name__}")
-        fmt = fmt or _row_format(row, where)
-        if _row_format(row, where) != fmt:
-            raise TestbedError(f"{where}: {_row_format(row, where)} row in a {fmt} testbed")
+        row_fmt = _row_format(row, where)
+        fmt = fmt or row_fmt
+        if row_fmt != fmt:
+            raise TestbedError(f"{where}: {row_fmt} row in a {fmt} testbed")
         _check_row(row, fmt, where)
         row_id = row.get("id", len(rows))
         if row_id in first_seen:
