@@ -41,7 +41,7 @@ def test_unknown_encoder_says_how_to_point_at_local_weights(tmp_path):
 def test_student_learns_taxonomy_from_true_labels(encoder):
     data = generate("taxonomy", sizes=SplitSizes(train_label=0, train_unlabel=800, test=300))
     vectors = {s: _vectors(data[s], encoder) for s in ("train_unlabel", "test")}
-    student = EncoderStudent(vectors, StudentConfig(epochs=20), seed=0)
+    student = EncoderStudent(vectors, StudentConfig(head="mlp", epochs=20), seed=0)
     student.fit("train_unlabel", _labels(data["train_unlabel"]))
     accuracy = ((student.predict_proba("test") > 0.5) == _labels(data["test"])).mean()
     assert accuracy > 0.8
@@ -51,13 +51,13 @@ def test_comparison_prediction_flips_when_replies_swap(encoder):
     rows = generate("preference", sizes=SplitSizes(0, 0, 60))["test"]
     swapped = [{**r, "first": r["second"], "second": r["first"]} for r in rows]
     vectors = {"a": _vectors(rows, encoder), "b": _vectors(swapped, encoder)}
-    student = EncoderStudent(vectors, StudentConfig(epochs=2), seed=0).fit("a", _labels(rows))
+    student = EncoderStudent(vectors, StudentConfig(head="mlp", epochs=2), seed=0).fit("a", _labels(rows))
     assert np.allclose(student.predict_proba("a"), 1 - student.predict_proba("b"), atol=1e-5)
 
 
 def test_fit_rejects_targets_of_the_wrong_length(encoder):
     rows = generate("taxonomy", sizes=SplitSizes(0, 0, 20))["test"]
-    student = EncoderStudent({"t": _vectors(rows, encoder)}, StudentConfig(), seed=0)
+    student = EncoderStudent({"t": _vectors(rows, encoder)}, StudentConfig(head="mlp"), seed=0)
     with pytest.raises(ValueError, match="19 targets for 20 rows"):
         student.fit("t", np.zeros(19))
 

@@ -22,6 +22,7 @@ LossFn = Callable[[torch.Tensor, torch.Tensor, float], torch.Tensor]
 @dataclass
 class StudentConfig:
     encoder: str = "minilm-l6"
+    head: str = "auto"  # "mlp", "bilinear", or "auto": the testbed's recommended head
     hidden: int = 256
     epochs: int = 20
     lr: float = 1e-3
@@ -69,6 +70,23 @@ class PairHead(nn.Module):
         return self.score(f["prompt"], f["first"]) - self.score(f["prompt"], f["second"])
 
 
+class BilinearHead(PairHead):
+    """A linear probe on the elementwise product of the two vectors: it can express the
+    encoder's own prior (their cosine) and little else, a strong simplicity bias."""
+
+    def __init__(self, dim: int, hidden: int):
+        nn.Module.__init__(self)
+        self.linear = nn.Linear(dim, 1)
+
+    def score(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        # Unit vectors give products of about 1/dim; scaling them up lets one learning rate
+        # suit both heads (Adam's steps are scale-free, so this acts as a 10x rate here).
+        return self.linear(x * y * 10.0).squeeze(-1)
+
+
+HEADS: dict[str, type[PairHead]] = {"mlp": PairHead, "bilinear": BilinearHead}
+
+
 class EncoderStudent:
     """fit(split, targets, loss) and predict_proba(split) on one testbed's cached vectors."""
 
@@ -79,7 +97,9 @@ class EncoderStudent:
         self.generator = torch.Generator().manual_seed(seed)
         torch.manual_seed(seed)
         dim = next(iter(next(iter(vectors.values())).fields.values())).shape[1]
-        self.head = PairHead(dim, config.hidden)
+        if config.head not in HEADS:
+            raise ValueError(f"student.head={config.head!r}; allowed: {', '.join(HEADS)}")
+        self.head = HEADS[config.head](dim, config.hidden)
 
     def _tensors(self, split: str, rows: np.ndarray | None) -> tuple[str, dict[str, torch.Tensor]]:
         v = self.vectors[split] if rows is None else self.vectors[split].take(rows)
@@ -90,7 +110,7 @@ class EncoderStudent:
         """Train the head on `targets` (P(True) or P(A), soft or hard) for `rows` of `split`."""
         loss_fn = LOSSES[loss] if isinstance(loss, str) else loss
         kind, feats = self._tensors(split, rows)
-        y = torch.as_tensor(np.asarray(targets, dtype=np.float32))
+        y = torch.as_tensor(np.array(targets, dtype=np.float32))
         w = torch.ones_like(y) if weights is None else torch.as_tensor(np.asarray(weights, dtype=np.float32))
         if len(y) != len(next(iter(feats.values()))):
             raise ValueError(f"{len(y)} targets for {len(next(iter(feats.values())))} rows of {split!r}")

@@ -1,0 +1,190 @@
+"""`aar`: the command line. Each subcommand is a few lines that call one part of the package."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+DESCRIPTION = """\
+aar_ray runs weak-to-strong (W2S) experiments on a Ray cluster and scores them by PGR,
+the share of the weak-to-strong gap a method recovers:
+    PGR = (transfer_acc - weak_acc) / (strong_acc - weak_acc)
+
+Typical session on one machine (local Ray, MLflow in ./mlflow.db, data in ./.aar):
+    aar testbed list                     # embedded CPU testbeds: sentiment, taxonomy, preference
+    aar baseline --seeds 1-5             # every library method on every testbed, 5 seeds
+    aar leaderboard                      # mean ± sd PGR per testbed and method
+    aar score-holdout --testbed taxonomy --method vanilla_w2s   # operator: the held-out half
+    aar ui                               # browse every run in the MLflow UI
+
+On a cluster, set RAY_ADDRESS (and MLFLOW_TRACKING_URI) or submit `jobs/baseline.py` with
+`ray job submit`. Labels of unlabelled, validation and holdout rows stay in .aar/sealed and
+are read only by the scorer actor.
+"""
+
+
+def parse_seeds(text: str) -> list[int]:
+    """`1-5` or `1,3,7` or `2`."""
+    seeds: list[int] = []
+    try:
+        for part in text.split(","):
+            lo, sep, hi = part.partition("-")
+            seeds += list(range(int(lo), int(hi) + 1)) if sep else [int(lo)]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"seeds {text!r}: use a range like 1-5 or a list like 1,3,7") from None
+    return seeds
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--home", default=None, help="where testbeds, sealed labels and caches live (default .aar)")
+    parser.add_argument("--tracking-uri", default=None,
+                        help="MLflow store (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db here)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="aar", description=DESCRIPTION,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    testbed = sub.add_parser("testbed", help="import, list and inspect testbeds")
+    tsub = testbed.add_subparsers(dest="action", required=True, metavar="ACTION")
+    imp = tsub.add_parser("import", help="import a folder of train_label/train_unlabel/test .jsonl files")
+    imp.add_argument("source", type=Path)
+    imp.add_argument("--name", required=True, help="the name experiments will use")
+    imp.add_argument("--overwrite", action="store_true", help="replace a testbed of the same name")
+    _common(imp)
+    _common(tsub.add_parser("list", help="imported testbeds and the embedded ones"))
+    show = tsub.add_parser("show", help="format, sizes and a few public rows of a testbed")
+    show.add_argument("name")
+    _common(show)
+
+    base = sub.add_parser("baseline", help="run library methods on testbeds over seeds, in parallel",
+                          description="Run library methods as Ray tasks; every run lands in MLflow. "
+                          "Methods are `name` or `name:key=value,...`, e.g. vanilla_w2s:loss=soft.")
+    base.add_argument("--config", type=Path, default=None, help="a YAML file (see conf/baseline.yaml)")
+    base.add_argument("--testbed", action="append", help="repeatable; default: all embedded testbeds")
+    base.add_argument("--method", action="append", help="repeatable; default: every library method")
+    base.add_argument("--seeds", type=parse_seeds, default=None, help="e.g. 1-5 (default) or 1,3")
+    base.add_argument("overrides", nargs="*", help="config overrides as key=value, e.g. student.epochs=10")
+    _common(base)
+
+    board = sub.add_parser("leaderboard", help="mean ± sd validation PGR per testbed and method")
+    board.add_argument("--experiment", default="aar-baselines")
+    _common(board)
+
+    hold = sub.add_parser("score-holdout", help="operator: re-run a method on the holdout split and score it")
+    hold.add_argument("--testbed", required=True)
+    hold.add_argument("--method", required=True)
+    hold.add_argument("--seeds", type=parse_seeds, default=parse_seeds("1-5"))
+    hold.add_argument("--experiment", default="aar-holdout")
+    _common(hold)
+
+    ui = sub.add_parser("ui", help="open the MLflow UI on the tracking store")
+    ui.add_argument("--port", type=int, default=5000)
+    _common(ui)
+
+    sub.add_parser("methods", help="the method library: names, parameters and defaults")
+    return parser
+
+
+def _home(args) -> str:
+    return args.home or ".aar"
+
+
+def cmd_testbed(args) -> int:
+    from aar_ray import testbeds
+
+    home = _home(args)
+    if args.action == "import":
+        path = testbeds.import_testbed(args.source, args.name, home, overwrite=args.overwrite)
+        meta = testbeds.testbed_meta(args.name, home)
+        print(f"imported {args.name!r} ({meta['format']}, rows {meta['rows']}) into {path}")
+    elif args.action == "list":
+        imported = testbeds.list_testbeds(home)
+        for name in sorted(set(imported) | set(testbeds.EMBEDDED_TESTBEDS)):
+            where = "stored" if name in imported else "embedded, generated on first use"
+            print(f"{name:<16} {where}")
+    else:
+        meta = testbeds.ensure_testbed(args.name, home)
+        print("\n".join(f"{k}: {v}" for k, v in meta.items()))
+        print(testbeds.load_public(args.name, home)["train_unlabel"].head(3).to_string())
+    return 0
+
+
+def cmd_baseline(args) -> int:
+    from aar_ray.config import BaselineConfig, load_config
+    from aar_ray.experiments.sweep import run_sweep
+    from aar_ray.tracking import format_leaderboard
+
+    overrides = list(args.overrides)
+    if args.testbed:
+        overrides.append(f"testbeds=[{','.join(args.testbed)}]")
+    if args.method:
+        overrides.append(f"methods=[{','.join(args.method)}]")
+    if args.seeds:
+        overrides.append(f"seeds=[{','.join(map(str, args.seeds))}]")
+    if args.home:
+        overrides.append(f"home={args.home}")
+    if args.tracking_uri:
+        overrides.append(f"tracking.uri={args.tracking_uri}")
+    config = load_config(BaselineConfig, args.config, overrides)
+    table = run_sweep(config)
+    print(format_leaderboard(table))
+    return 0
+
+
+def cmd_leaderboard(args) -> int:
+    from aar_ray.tracking import Tracker, format_leaderboard, leaderboard
+
+    print(format_leaderboard(leaderboard(Tracker(args.tracking_uri, args.experiment).runs())))
+    return 0
+
+
+def cmd_score_holdout(args) -> int:
+    from aar_ray.experiments.holdout import score_holdout
+
+    for row in score_holdout(args.testbed, args.method, args.seeds, _home(args),
+                             args.tracking_uri, args.experiment):
+        print(f"seed {row['seed']}: holdout PGR {row['pgr']:.2f} (transfer {row['transfer_acc']:.2f})")
+    return 0
+
+
+def cmd_ui(args) -> int:
+    from aar_ray.tracking import resolve_tracking_uri
+
+    uri = resolve_tracking_uri(args.tracking_uri)
+    print(f"MLflow UI for {uri} on http://127.0.0.1:{args.port}")
+    os.execvp(sys.executable, [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri,
+                               "--port", str(args.port)])
+
+
+def cmd_methods(args) -> int:
+    from aar_ray.methods import METHODS
+
+    for m in METHODS.values():
+        params = ", ".join(f"{k}={v!r}" for k, v in m.defaults.items())
+        print(f"{m.name:<18} {m.summary}\n{'':<18} parameters: {params or 'none'}")
+    return 0
+
+
+COMMANDS = {"testbed": cmd_testbed, "baseline": cmd_baseline, "leaderboard": cmd_leaderboard,
+            "score-holdout": cmd_score_holdout, "ui": cmd_ui, "methods": cmd_methods}
+
+
+def main(argv: list[str] | None = None) -> int:
+    from aar_ray.config import ConfigError
+    from aar_ray.scoring import ScoreError
+    from aar_ray.testbeds import TestbedError
+
+    args = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except (ConfigError, TestbedError, ScoreError) as err:
+        print(f"aar {args.command}: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

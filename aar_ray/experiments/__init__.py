@@ -1,0 +1,103 @@
+"""An experiment: one method, one testbed, one seed -> predictions -> scorer -> MLflow run.
+
+`run_method` is the worker half (public data in, predictions out; it never sees a sealed label).
+`record_experiment` is the driver half: it hands the predictions to the scorer and writes the
+MLflow run. `run_sweep` (in sweep.py) fans many experiments out as Ray tasks.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from aar_ray.methods import METHODS, MethodContext, method_label
+from aar_ray.models import StudentConfig, TeacherConfig, resolve_student_config, student_factory
+from aar_ray.models.artifacts import weak_labels
+from aar_ray.testbeds import load_public, testbed_meta
+
+
+@dataclass
+class ExperimentSpec:
+    testbed: str
+    method: str
+    seed: int
+    home: str
+    params: dict = field(default_factory=dict)
+    student: StudentConfig = field(default_factory=StudentConfig)
+    teacher: TeacherConfig = field(default_factory=TeacherConfig)
+    eval_split: str = "validation"
+
+    @property
+    def label(self) -> str:
+        return method_label(self.method, self.params)
+
+
+@dataclass
+class MethodResult:
+    ids: list
+    probs: np.ndarray
+    metrics: dict
+    wall_seconds: float
+    cpu_seconds: float
+
+
+def run_method(spec: ExperimentSpec) -> MethodResult:
+    """Run one method for one seed on public data; return its predictions for spec.eval_split."""
+    wall, cpu = time.perf_counter(), time.process_time()
+    meta = testbed_meta(spec.testbed, spec.home)
+    public = load_public(spec.testbed, spec.home)
+    ctx = MethodContext(
+        testbed=spec.testbed, format=meta["format"], public=public,
+        weak=weak_labels(spec.testbed, spec.home, spec.teacher, spec.seed),
+        eval_split=spec.eval_split, seed=spec.seed, params=dict(spec.params),
+        new_student=student_factory(spec.testbed, spec.home, spec.student, spec.seed))
+    probs = np.asarray(METHODS[spec.method].run(ctx), dtype=np.float64).reshape(-1)
+    ids = public[spec.eval_split]["id"].tolist()
+    if len(probs) != len(ids):
+        raise ValueError(f"method {spec.method} returned {len(probs)} predictions for the "
+                         f"{len(ids)} rows of {spec.eval_split}")
+    return MethodResult(ids, probs, ctx.metrics, time.perf_counter() - wall, time.process_time() - cpu)
+
+
+def experiment_params(spec: ExperimentSpec) -> dict:
+    student = resolve_student_config(spec.student, spec.testbed, spec.home)
+    return {"testbed": spec.testbed, "method": spec.label, "method_name": spec.method,
+            "seed": spec.seed, "eval_split": spec.eval_split,
+            **{f"param.{k}": v for k, v in spec.params.items()},
+            **{f"student.{k}": v for k, v in asdict(student).items()},
+            **{f"teacher.{k}": v for k, v in asdict(spec.teacher).items()}}
+
+
+def score_result(scorer, submitter: str, spec: ExperimentSpec, result: MethodResult,
+                 operator_key: str | None = None) -> tuple[dict, str | None]:
+    """Hand predictions to the scorer actor: validation for anyone, holdout with the operator key.
+    Returns (score, None), or ({}, why) when the scorer refused them."""
+    import ray
+
+    if spec.eval_split == "holdout":
+        call = scorer.score_holdout.remote(operator_key, submitter, spec.testbed, result.ids, result.probs)
+    else:
+        call = scorer.submit.remote(submitter, spec.testbed, result.ids, result.probs)
+    try:
+        return ray.get(call), None
+    except ray.exceptions.RayTaskError as err:
+        return {}, f"{type(err.cause).__name__}: {err.cause}"
+
+
+def record_experiment(tracker, spec: ExperimentSpec, result: MethodResult | None, score: dict,
+                      submitter: str, error: str | None = None, parent_run_id: str | None = None) -> str:
+    """One MLflow run for one experiment, scored or failed; returns the run id."""
+    metrics = {k: score.get(k) for k in ("pgr", "transfer_acc", "weak_acc", "strong_acc")}
+    predictions = None
+    if result is not None:
+        predictions = pd.DataFrame({"id": result.ids, "p": result.probs})
+        metrics.update(wall_seconds=result.wall_seconds, cpu_seconds=result.cpu_seconds,
+                       **{f"method.{k}": v for k, v in result.metrics.items()})
+    tags = {"aar_kind": "experiment", "submitter": submitter, "split": spec.eval_split,
+            **({"error": error[:4000]} if error else {})}
+    return tracker.log_experiment(
+        f"{spec.label}/{spec.testbed}/seed{spec.seed}", experiment_params(spec), metrics, tags,
+        predictions=predictions, config=asdict(spec), parent_run_id=parent_run_id)

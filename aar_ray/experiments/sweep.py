@@ -1,0 +1,102 @@
+"""A baseline sweep: every (testbed, method, seed) of a BaselineConfig as parallel Ray tasks.
+
+Order of work: make sure testbeds, sentence vectors, weak labels and the scorer's fixed
+baselines exist (once, in the driver, with progress bars), then fan the experiments out as
+Ray tasks, score and record each as it finishes, and return the leaderboard.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import asdict
+from pathlib import Path
+
+import pandas as pd
+import ray
+from tqdm import tqdm
+
+from aar_ray.config import BaselineConfig
+from aar_ray.experiments import ExperimentSpec, record_experiment, run_method, score_result
+from aar_ray.methods import parse_method
+from aar_ray.models.artifacts import testbed_vectors, weak_labels
+from aar_ray.scoring import scorer_actor
+from aar_ray.testbeds import ensure_testbed
+from aar_ray.tracking import Tracker, leaderboard, plot_leaderboard
+
+
+def connect_ray(num_cpus: int | None = None) -> None:
+    """Join the cluster in RAY_ADDRESS, or start a local one sized to this machine."""
+    if ray.is_initialized():
+        return
+    if os.environ.get("RAY_ADDRESS"):
+        ray.init(namespace="aar")
+    else:
+        ray.init(num_cpus=num_cpus, include_dashboard=False, namespace="aar", log_to_driver=False)
+
+
+@ray.remote(num_cpus=1)
+def run_method_task(spec: ExperimentSpec):
+    import torch
+
+    torch.set_num_threads(1)  # one core per task: parallel tasks must not fight over threads
+    return run_method(spec)
+
+
+def experiment_specs(config: BaselineConfig) -> list[ExperimentSpec]:
+    home = str(Path(config.home).resolve())
+    specs = []
+    for testbed in config.testbeds:
+        for method_spec in config.methods:
+            name, params = parse_method(method_spec)
+            for seed in config.seeds:
+                specs.append(ExperimentSpec(testbed, name, seed, home, params,
+                                            config.student, config.teacher))
+    return specs
+
+
+def prepare(config: BaselineConfig, scorer, progress: bool = True) -> None:
+    """Everything experiments share, computed once before they start."""
+    for testbed in tqdm(config.testbeds, desc="preparing testbeds", disable=not progress):
+        ensure_testbed(testbed, config.home)
+        testbed_vectors(testbed, config.home, config.student.encoder, progress=progress)
+        for seed in set(config.seeds) | set(range(1, config.scorer.baseline_seeds + 1)):
+            weak_labels(testbed, config.home, config.teacher, seed)
+        ray.get(scorer.baselines.remote(testbed))
+
+
+def finish(ref, scorer, submitter: str, spec: ExperimentSpec, operator_key: str | None = None):
+    """(result, score, error) of a finished run_method_task; a failed method is an error, not a crash."""
+    try:
+        result = ray.get(ref)
+    except ray.exceptions.RayTaskError as err:
+        return None, {}, f"{type(err.cause).__name__}: {err.cause}"
+    score, error = score_result(scorer, submitter, spec, result, operator_key)
+    return result, score, error
+
+
+def run_sweep(config: BaselineConfig, progress: bool = True) -> pd.DataFrame:
+    connect_ray()
+    scorer = scorer_actor(config.home, config.scorer, config.teacher, config.student)
+    prepare(config, scorer, progress)
+    tracker = Tracker(config.tracking.uri or None, config.tracking.experiment)
+    parent = tracker.start_parent("baseline-sweep", {
+        "testbeds": ",".join(config.testbeds), "methods": ",".join(config.methods),
+        "seeds": ",".join(map(str, config.seeds))})
+    pending = {run_method_task.remote(spec): spec for spec in experiment_specs(config)}
+    with tqdm(total=len(pending), desc="experiments", unit="run", disable=not progress) as bar:
+        while pending:
+            [ref], _ = ray.wait(list(pending), num_returns=1)
+            spec = pending.pop(ref)
+            result, score, error = finish(ref, scorer, config.submitter, spec)
+            record_experiment(tracker, spec, result, score, config.submitter, error, parent)
+            bar.set_postfix_str(f"{spec.label}/{spec.testbed} PGR {score.get('pgr', 'failed')}")
+            bar.update()
+    table = leaderboard(tracker.runs(parent_run_id=parent))
+    with tempfile.TemporaryDirectory() as tmp:
+        csv, png = Path(tmp) / "leaderboard.csv", Path(tmp) / "leaderboard.png"
+        table.to_csv(csv, index=False)
+        plot_leaderboard(table, png)
+        (Path(tmp) / "config.json").write_text(pd.Series(asdict(config)).to_json(indent=2))
+        tracker.finish_parent(parent, [csv, png, Path(tmp) / "config.json"])
+    return table

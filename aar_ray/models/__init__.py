@@ -1,0 +1,37 @@
+"""Students and teachers behind one contract, at every scale.
+
+Student: `fit(split, targets, loss, weights, rows)` on P(True)/P(A) targets, soft or hard, and
+`predict_proba(split, rows)`; `zero_shot_scores(split)` gives its prior without training.
+Teacher: `fit(rows, labels)` and `predict_proba(rows)`.
+`student_factory` is the one place that turns a config and a testbed into students.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+from typing import Callable
+
+from aar_ray.models.artifacts import testbed_vectors
+from aar_ray.models.student import HEADS, EncoderStudent, StudentConfig
+from aar_ray.models.teacher import BowTeacher, TeacherConfig
+from aar_ray.testbeds import testbed_meta
+
+
+def resolve_student_config(config: StudentConfig, testbed: str, home: Path) -> StudentConfig:
+    """`head: auto` becomes the head the testbed recommends (an MLP for imported testbeds)."""
+    if config.head != "auto":
+        return config
+    return replace(config, head=testbed_meta(testbed, home).get("student_head", "mlp"))
+
+
+def student_factory(testbed: str, home: Path, config: StudentConfig,
+                    seed: int) -> Callable[[], EncoderStudent]:
+    """Fresh untrained students for one testbed and seed; the vectors are loaded once."""
+    config = resolve_student_config(config, testbed, home)
+    vectors = testbed_vectors(testbed, home, config.encoder)
+    return lambda: EncoderStudent(vectors, config, seed)
+
+
+__all__ = ["HEADS", "BowTeacher", "EncoderStudent", "StudentConfig", "TeacherConfig",
+           "resolve_student_config", "student_factory"]

@@ -1,0 +1,61 @@
+"""Resource limits for one sandboxed command."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+MIB = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class SandboxLimits:
+    """What one `Sandbox.run` may consume. `None` means "no limit" for the optional rlimits.
+
+    The rlimits are per process (the kernel has no per-tree RLIMIT_AS or RLIMIT_CPU), so a
+    command that forks can use up to `max_processes` times `memory_mb`; `max_processes` is what
+    bounds the total. Set `memory_mb=None` for CUDA work: the driver reserves far more virtual
+    address space than it ever touches, and RLIMIT_AS counts reservations.
+
+    Workspace quota: not enforced. The workspace is a bind mount of a host directory, and
+    per-directory quotas need filesystem support (project quotas) that we cannot assume.
+    `max_file_mb` caps each file, and `wall_seconds` caps how long the command can keep writing;
+    callers that need a hard cap should put workspaces on a size-limited filesystem.
+    """
+
+    wall_seconds: float = 600.0
+    # RLIMIT_CPU, seconds of CPU time per process; the process gets SIGXCPU then SIGKILL.
+    cpu_seconds: int | None = None
+    # RLIMIT_AS, address space per process.
+    memory_mb: int | None = 4096
+    # RLIMIT_NPROC, counted over every task (processes and threads) of the sandbox's user in
+    # its own user namespace, i.e. over this sandbox alone.
+    max_processes: int | None = 64
+    # Per stream (stdout and stderr each); the rest is read and discarded.
+    max_output_bytes: int = MIB
+    # RLIMIT_FSIZE: no single file may grow past this.
+    max_file_mb: int | None = 512
+    # Size of each of the private tmpfs mounts (/tmp and /dev/shm); they live in host memory.
+    tmp_mb: int = 512
+
+    def __post_init__(self) -> None:
+        if self.wall_seconds <= 0:
+            raise ValueError(f"wall_seconds must be positive, got {self.wall_seconds}")
+        if self.max_output_bytes < 0:
+            raise ValueError(f"max_output_bytes must be >= 0, got {self.max_output_bytes}")
+        if self.tmp_mb <= 0:
+            raise ValueError(f"tmp_mb must be positive, got {self.tmp_mb}")
+        for name in ("cpu_seconds", "memory_mb", "max_processes", "max_file_mb"):
+            value = getattr(self, name)
+            if value is not None and value <= 0:
+                raise ValueError(f"{name} must be positive or None, got {value}")
+
+    def rlimits(self) -> dict[str, int | None]:
+        """The rlimits the launcher applies inside the sandbox, by `resource` constant name."""
+        return {
+            "RLIMIT_CPU": self.cpu_seconds,
+            "RLIMIT_AS": None if self.memory_mb is None else self.memory_mb * MIB,
+            "RLIMIT_FSIZE": None if self.max_file_mb is None else self.max_file_mb * MIB,
+            "RLIMIT_NPROC": self.max_processes,
+            # Core dumps would write the process's memory into the workspace.
+            "RLIMIT_CORE": 0,
+        }

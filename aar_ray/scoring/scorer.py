@@ -1,0 +1,184 @@
+"""The scorer: the only code that reads sealed labels.
+
+A submission is a full set of predictions (P(True)/P(A)) for one testbed's validation rows. The
+answer is transfer accuracy and PGR against *fixed* baselines (weak and strong accuracy averaged
+over several seeds, as the released sandbox does), both rounded to 0.01. Nothing finer leaves:
+an exact count of correct rows lets a caller recover every label by flipping one prediction at a
+time. Each submitter has a budget; a malformed submission is rejected before it costs any.
+Holdout is scored only with the operator key, which lives in the sealed store.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import secrets
+import threading
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from aar_ray.models import StudentConfig, TeacherConfig, resolve_student_config, student_factory
+from aar_ray.models.artifacts import binary_labels, content_key, weak_labels
+from aar_ray.testbeds import EVAL_SPLITS, load_public, load_sealed, testbed_meta
+
+
+@dataclass
+class ScorerConfig:
+    submissions_per_submitter: int = 1000
+    baseline_seeds: int = 5  # weak and strong accuracy are averaged over seeds 1..N
+    resolution: float = 0.01  # what a submitter sees is rounded to this
+
+
+class ScoreError(ValueError):
+    """A submission the scorer refuses; it used none of the submitter's budget."""
+
+
+class BudgetExhausted(ScoreError):
+    pass
+
+
+def pgr(transfer_acc: float, weak_acc: float, strong_acc: float) -> float:
+    return (transfer_acc - weak_acc) / (strong_acc - weak_acc)
+
+
+class Scorer:
+    def __init__(self, home: str | Path, config: ScorerConfig = ScorerConfig(),
+                 teacher: TeacherConfig = TeacherConfig(), student: StudentConfig = StudentConfig()):
+        self.home = Path(home)
+        self.config, self.teacher, self.student = config, teacher, student
+        self.sealed = self.home / "sealed"
+        self.sealed.mkdir(parents=True, exist_ok=True)
+        self.audit_path = self.sealed / "audit.jsonl"
+        self._lock = threading.Lock()  # an actor may serve calls from several threads
+        self._used = self._count_used()
+        self._operator_key = read_operator_key(self.home)
+
+    # --- baselines --------------------------------------------------------------------------
+    def baselines(self, testbed: str) -> dict[str, dict[str, float]]:
+        """{split: {weak_acc, strong_acc}} for validation and holdout, computed once and kept
+        in the sealed store (the strong ceiling trains on true labels, so it is computed here)."""
+        student = resolve_student_config(self.student, testbed, self.home)
+        seeds = list(range(1, self.config.baseline_seeds + 1))
+        key = content_key(testbed_meta(testbed, self.home)["content_hash"], asdict(self.teacher),
+                          asdict(student), seeds)
+        path = self.sealed / testbed / f"baselines-{key}.json"
+        if not path.exists():
+            path.write_text(json.dumps(self._compute_baselines(testbed, student, seeds), indent=2))
+        return json.loads(path.read_text())
+
+    def _compute_baselines(self, testbed: str, student: StudentConfig, seeds: list[int]) -> dict:
+        labels = {s: binary_labels(load_sealed(testbed, self.home, s)["label"])
+                  for s in ("train_unlabel", *EVAL_SPLITS)}
+        weak = {s: [] for s in EVAL_SPLITS}
+        strong = {s: [] for s in EVAL_SPLITS}
+        for seed in seeds:
+            teacher_probs = weak_labels(testbed, self.home, self.teacher, seed).probs
+            new_student = student_factory(testbed, self.home, student, seed)
+            ceiling = new_student().fit("train_unlabel", labels["train_unlabel"])
+            for s in EVAL_SPLITS:
+                weak[s].append(_accuracy(teacher_probs[s], labels[s]))
+                strong[s].append(_accuracy(ceiling.predict_proba(s), labels[s]))
+        return {s: {"weak_acc": float(np.mean(weak[s])), "strong_acc": float(np.mean(strong[s])),
+                    "weak_acc_sd": float(np.std(weak[s])), "strong_acc_sd": float(np.std(strong[s])),
+                    "seeds": seeds} for s in EVAL_SPLITS}
+
+    # --- submissions ------------------------------------------------------------------------
+    def submit(self, submitter: str, testbed: str, ids, probs, run_id: str | None = None) -> dict:
+        """Score predictions for the validation split; returns rounded accuracy and PGR."""
+        return self._score(submitter, testbed, "validation", ids, probs, run_id, charge=True)
+
+    def score_holdout(self, operator_key: str, submitter: str, testbed: str, ids, probs,
+                      run_id: str | None = None) -> dict:
+        """Score predictions for the holdout split: operator only, outside any budget."""
+        if not secrets.compare_digest(str(operator_key), self._operator_key):
+            self._audit(submitter, testbed, "holdout", None, run_id, "rejected: wrong operator key")
+            raise ScoreError("holdout is scored only with the operator key (aar score-holdout)")
+        return self._score(submitter, testbed, "holdout", ids, probs, run_id, charge=False)
+
+    def remaining(self, submitter: str) -> int:
+        return self.config.submissions_per_submitter - self._used.get(submitter, 0)
+
+    def _score(self, submitter, testbed, split, ids, probs, run_id, charge: bool) -> dict:
+        with self._lock:
+            try:
+                ids, probs = self._validated(testbed, split, ids, probs)
+                if charge and self.remaining(submitter) <= 0:
+                    raise BudgetExhausted(f"submitter {submitter!r} has used all "
+                                          f"{self.config.submissions_per_submitter} submissions")
+            except ScoreError as err:
+                self._audit(submitter, testbed, split, None, run_id, f"rejected: {err}")
+                raise
+            truth = load_sealed(testbed, self.home, split).set_index("id").loc[ids, "label"]
+            acc = _accuracy(probs, binary_labels(truth))
+            base = self.baselines(testbed)[split]
+            result = {"transfer_acc": self._round(acc), "weak_acc": self._round(base["weak_acc"]),
+                      "strong_acc": self._round(base["strong_acc"]),
+                      "pgr": self._round(pgr(acc, base["weak_acc"], base["strong_acc"]))}
+            if charge:
+                self._used[submitter] = self._used.get(submitter, 0) + 1
+            result["submissions_left"] = self.remaining(submitter)
+            self._audit(submitter, testbed, split, probs, run_id, "scored", exact_acc=acc, **result)
+            return result
+
+    def _validated(self, testbed: str, split: str, ids, probs) -> tuple[list, np.ndarray]:
+        try:
+            expected = load_public(testbed, self.home)[split]["id"].tolist()
+        except Exception as err:
+            raise ScoreError(str(err)) from None
+        ids = list(ids)
+        try:
+            probs = np.asarray(probs, dtype=np.float64).reshape(-1)
+        except (TypeError, ValueError):
+            raise ScoreError("predictions must be numbers: P(True) for binary rows, P(A) for "
+                             "comparison rows") from None
+        if len(probs) != len(ids):
+            raise ScoreError(f"{len(probs)} predictions for {len(ids)} ids")
+        if len(ids) != len(expected) or set(ids) != set(expected) or len(set(ids)) != len(ids):
+            raise ScoreError(f"predictions must cover each of the {len(expected)} {split} ids of "
+                             f"{testbed!r} exactly once; got {len(ids)} ids ({len(set(ids))} distinct)")
+        if not np.all(np.isfinite(probs)) or probs.min() < 0 or probs.max() > 1:
+            raise ScoreError("predictions must be probabilities in [0, 1] (no NaN or inf)")
+        return ids, probs
+
+    def _round(self, value: float) -> float:
+        r = self.config.resolution
+        return round(round(value / r) * r, 6)
+
+    # --- audit log --------------------------------------------------------------------------
+    def _audit(self, submitter, testbed, split, probs, run_id, outcome, **fields) -> None:
+        entry = {"time": time.time(), "submitter": submitter, "testbed": testbed, "split": split,
+                 "run_id": run_id, "outcome": outcome, **fields}
+        if probs is not None:
+            entry["predictions_sha256"] = hashlib.sha256(np.asarray(probs).tobytes()).hexdigest()
+        with open(self.audit_path, "a") as f:
+            f.write(json.dumps(entry) + "\n")
+
+    def audit_log(self) -> list[dict]:
+        if not self.audit_path.exists():
+            return []
+        return [json.loads(line) for line in self.audit_path.read_text().splitlines() if line]
+
+    def _count_used(self) -> dict[str, int]:
+        """Budgets survive a restart: they are recounted from the audit log."""
+        used: dict[str, int] = {}
+        for entry in self.audit_log():
+            if entry["outcome"] == "scored" and entry["split"] == "validation":
+                used[entry["submitter"]] = used.get(entry["submitter"], 0) + 1
+        return used
+
+
+def read_operator_key(home: str | Path) -> str:
+    """The secret that unlocks holdout scoring; made on first use, readable by its owner only."""
+    path = Path(home) / "sealed" / "operator.key"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(secrets.token_hex(16))
+        path.chmod(0o600)
+    return path.read_text().strip()
+
+
+def _accuracy(probs, labels) -> float:
+    return float(((np.asarray(probs) > 0.5) == (np.asarray(labels) > 0.5)).mean())

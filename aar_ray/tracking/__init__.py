@@ -1,0 +1,138 @@
+"""Tracking: every experiment is an MLflow run; the leaderboard is a query over those runs.
+
+The store is `--tracking-uri`, else `MLFLOW_TRACKING_URI`, else `sqlite:///mlflow.db` in the
+working directory (artifacts beside it in `mlartifacts/`). `aar ui` opens the MLflow UI on it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from mlflow import MlflowClient
+from mlflow.entities import Metric, Param, RunTag
+
+DEFAULT_DB = "mlflow.db"
+
+
+def resolve_tracking_uri(uri: str | None = None) -> str:
+    if uri:
+        return uri
+    if os.environ.get("MLFLOW_TRACKING_URI"):
+        return os.environ["MLFLOW_TRACKING_URI"]
+    return f"sqlite:///{Path.cwd() / DEFAULT_DB}"
+
+
+def _artifact_root(uri: str) -> str | None:
+    """A sqlite store keeps its artifacts next to the database file; servers choose their own."""
+    if uri.startswith("sqlite:///"):
+        return (Path(uri.removeprefix("sqlite:///")).parent / "mlartifacts").as_uri()
+    return None
+
+
+class Tracker:
+    """Small verbs over MlflowClient: one experiment per sweep or campaign, one run per experiment."""
+
+    def __init__(self, uri: str | None, experiment: str):
+        self.uri = resolve_tracking_uri(uri)
+        self.client = MlflowClient(self.uri)
+        found = self.client.get_experiment_by_name(experiment)
+        self.experiment_id = found.experiment_id if found else \
+            self.client.create_experiment(experiment, artifact_location=_artifact_root(self.uri))
+        self.experiment = experiment
+
+    def log_experiment(self, run_name: str, params: dict, metrics: dict, tags: dict,
+                       predictions: pd.DataFrame | None = None, config: dict | None = None,
+                       parent_run_id: str | None = None) -> str:
+        """One finished experiment as one MLflow run; returns its run id."""
+        all_tags = {**tags, **({"mlflow.parentRunId": parent_run_id} if parent_run_id else {})}
+        run = self.client.create_run(self.experiment_id, run_name=run_name,
+                                     tags={k: str(v) for k, v in all_tags.items()})
+        now = int(time.time() * 1000)
+        self.client.log_batch(
+            run.info.run_id,
+            metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items() if v is not None],
+            params=[Param(k, str(v)[:6000]) for k, v in params.items()])
+        with tempfile.TemporaryDirectory() as tmp:
+            if predictions is not None:
+                predictions.to_parquet(Path(tmp) / "predictions.parquet", index=False)
+                self.client.log_artifact(run.info.run_id, str(Path(tmp) / "predictions.parquet"))
+            if config is not None:
+                (Path(tmp) / "config.json").write_text(json.dumps(config, indent=2, default=str))
+                self.client.log_artifact(run.info.run_id, str(Path(tmp) / "config.json"))
+        self.client.set_terminated(run.info.run_id, "FINISHED" if metrics.get("pgr") is not None else "FAILED")
+        return run.info.run_id
+
+    def start_parent(self, run_name: str, params: dict) -> str:
+        run = self.client.create_run(self.experiment_id, run_name=run_name)
+        self.client.log_batch(run.info.run_id, params=[Param(k, str(v)) for k, v in params.items()])
+        return run.info.run_id
+
+    def finish_parent(self, run_id: str, artifacts: list[Path] = ()) -> None:
+        for path in artifacts:
+            self.client.log_artifact(run_id, str(path))
+        self.client.set_terminated(run_id, "FINISHED")
+
+    def runs(self, parent_run_id: str | None = None) -> pd.DataFrame:
+        """Experiment runs of this experiment (of one sweep when parent_run_id is given)."""
+        import mlflow
+
+        mlflow.set_tracking_uri(self.uri)
+        query = "tags.aar_kind = 'experiment'"
+        if parent_run_id:
+            query += f" and tags.mlflow.parentRunId = '{parent_run_id}'"
+        return mlflow.search_runs([self.experiment_id], filter_string=query, output_format="pandas")
+
+
+def leaderboard(runs: pd.DataFrame) -> pd.DataFrame:
+    """Mean and sd of validation PGR per testbed and method, best first within each testbed."""
+    if runs.empty or "metrics.pgr" not in runs:
+        return pd.DataFrame(columns=["testbed", "method", "seeds", "pgr_mean", "pgr_sd",
+                                     "transfer_acc", "weak_acc", "strong_acc"])
+    # A (testbed, method, seed) run again replaces its earlier result rather than adding a seed.
+    scored = runs.dropna(subset=["metrics.pgr"]).sort_values("start_time").drop_duplicates(
+        ["params.testbed", "params.method", "params.seed"], keep="last")
+    table = scored.groupby(["params.testbed", "params.method"]).agg(
+        seeds=("metrics.pgr", "size"), pgr_mean=("metrics.pgr", "mean"),
+        pgr_sd=("metrics.pgr", lambda s: float(np.std(s, ddof=1)) if len(s) > 1 else 0.0),
+        transfer_acc=("metrics.transfer_acc", "mean"), weak_acc=("metrics.weak_acc", "mean"),
+        strong_acc=("metrics.strong_acc", "mean")).reset_index()
+    table = table.rename(columns={"params.testbed": "testbed", "params.method": "method"})
+    return table.sort_values(["testbed", "pgr_mean"], ascending=[True, False]).reset_index(drop=True)
+
+
+def format_leaderboard(table: pd.DataFrame) -> str:
+    lines = [f"{'testbed':<12} {'method':<34} {'seeds':>5} {'PGR mean ± sd':>15} {'transfer':>8} "
+             f"{'weak':>6} {'strong':>6}"]
+    for row in table.itertuples():
+        lines.append(f"{row.testbed:<12} {row.method:<34} {row.seeds:>5} "
+                     f"{row.pgr_mean:>7.2f} ± {row.pgr_sd:<5.2f} {row.transfer_acc:>8.3f} "
+                     f"{row.weak_acc:>6.2f} {row.strong_acc:>6.2f}")
+    return "\n".join(lines)
+
+
+def plot_leaderboard(table: pd.DataFrame, path: Path) -> Path:
+    """Horizontal bars of mean PGR ± sd, one panel per testbed."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    testbeds = sorted(table["testbed"].unique())
+    fig, axes = plt.subplots(1, max(1, len(testbeds)), figsize=(5 * max(1, len(testbeds)), 3.5),
+                             squeeze=False)
+    for ax, testbed in zip(axes[0], testbeds):
+        part = table[table["testbed"] == testbed].sort_values("pgr_mean")
+        ax.barh(part["method"], part["pgr_mean"], xerr=part["pgr_sd"], color="#4878a8")
+        ax.axvline(0, color="black", linewidth=0.8)
+        ax.set_title(testbed)
+        ax.set_xlabel("PGR (validation)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Install aar_ray into ./.venv: Debian packages the sandbox needs, the CPU torch wheel, the project.
+set -euo pipefail
+cd "$(dirname "$0")"
+if ! command -v bwrap >/dev/null; then
+    SUDO=$([ "$(id -u)" = 0 ] && echo "" || echo "sudo")
+    $SUDO apt-get install -y -q $(cat .ci/apt-packages.txt) >/tmp/aar-apt.log 2>&1 \
+        || { $SUDO apt-get update -q >>/tmp/aar-apt.log 2>&1 && $SUDO apt-get install -y -q $(cat .ci/apt-packages.txt) >>/tmp/aar-apt.log 2>&1; } \
+        || { tail -20 /tmp/aar-apt.log; exit 1; }
+fi
+[ -x .venv/bin/python ] || python3.11 -m venv .venv
+# torch first, pinned: an unpinned torch would pull a multi-GB CUDA build.
+.venv/bin/pip install -q torch==2.13.0 >/tmp/aar-install.log 2>&1 || { tail -50 /tmp/aar-install.log; exit 1; }
+.venv/bin/pip install -q -e '.[dev]' >>/tmp/aar-install.log 2>&1 || { tail -50 /tmp/aar-install.log; exit 1; }
+echo "installed: .venv/bin/aar"

@@ -1,0 +1,37 @@
+"""Shared fixtures: small testbeds imported through the real importer into a temporary home."""
+
+import json
+
+import pytest
+
+from aar_ray.testbeds import import_testbed
+from aar_ray.testbeds.embedded import SplitSizes, generate
+
+SMALL = SplitSizes(train_label=200, train_unlabel=600, test=300)
+
+
+def write_jsonl_folder(path, rows_by_split):
+    path.mkdir(parents=True, exist_ok=True)
+    for split, rows in rows_by_split.items():
+        (path / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+@pytest.fixture(scope="session")
+def small_home(tmp_path_factory):
+    """A home with `tax-small` (binary) and `pref-small` (comparison), imported from JSONL."""
+    home = tmp_path_factory.mktemp("home")
+    for task, name in (("taxonomy", "tax-small"), ("preference", "pref-small")):
+        src = write_jsonl_folder(home.parent / f"src-{name}", generate(task, sizes=SMALL))
+        import_testbed(src, name, home)
+    return home
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    import ray
+
+    ray.init(address="local", num_cpus=2, include_dashboard=False, namespace="aar",
+             logging_level="ERROR", log_to_driver=False)
+    yield ray
+    ray.shutdown()

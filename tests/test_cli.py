@@ -1,0 +1,79 @@
+"""`aar` end to end in subprocesses: import, sweep on a local Ray, MLflow records, holdout."""
+
+import os
+import subprocess
+import sys
+
+import mlflow
+import pandas as pd
+import pytest
+
+from conftest import SMALL, write_jsonl_folder
+from aar_ray.testbeds.embedded import generate
+
+
+def aar(*args, cwd, check=True):
+    env = {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+    env.pop("RAY_ADDRESS", None)
+    env.pop("MLFLOW_TRACKING_URI", None)
+    proc = subprocess.run([sys.executable, "-m", "aar_ray.cli", *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=600)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"aar {' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+    work = tmp_path_factory.mktemp("work")
+    write_jsonl_folder(work / "data", generate("taxonomy", seed=3, sizes=SMALL))
+    aar("testbed", "import", "data", "--name", "tax", cwd=work)
+    return work
+
+
+def test_help_teaches_the_workflow():
+    out = aar("--help", cwd=".").stdout
+    assert "PGR = (transfer_acc - weak_acc) / (strong_acc - weak_acc)" in out
+    for command in ("testbed", "baseline", "leaderboard", "score-holdout", "ui"):
+        assert command in out
+
+
+def test_import_errors_are_reported_without_a_traceback(workdir):
+    (workdir / "bad").mkdir()
+    (workdir / "bad" / "train_label.jsonl").write_text('{"question": "q"}\n')
+    proc = aar("testbed", "import", "bad", "--name", "bad", cwd=workdir, check=False)
+    assert proc.returncode == 2
+    assert "train_label.jsonl:1:" in proc.stderr and "Traceback" not in proc.stderr
+    assert "bad" not in aar("testbed", "list", cwd=workdir).stdout.split()
+
+
+def test_baseline_sweep_records_every_run_in_mlflow_and_prints_a_leaderboard(workdir):
+    out = aar("baseline", "--testbed", "tax", "--method", "vanilla_w2s", "--method",
+              "zero_shot_prior", "--seeds", "1-2", "student.epochs=5", "scorer.baseline_seeds=2",
+              cwd=workdir).stdout
+    assert "zero_shot_prior" in out and "vanilla_w2s" in out
+    mlflow.set_tracking_uri(f"sqlite:///{workdir / 'mlflow.db'}")
+    runs = mlflow.search_runs(experiment_names=["aar-baselines"], filter_string="tags.aar_kind = 'experiment'")
+    assert len(runs) == 4
+    assert set(runs["params.method"]) == {"vanilla_w2s", "zero_shot_prior"}
+    assert runs["metrics.pgr"].notna().all() and (runs["metrics.wall_seconds"] > 0).all()
+    assert set(runs["params.student.head"]) == {"mlp"}
+    run_id = runs["run_id"].iloc[0]
+    predictions = pd.read_parquet(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="predictions.parquet"))
+    assert list(predictions.columns) == ["id", "p"] and "label" not in predictions
+    board = aar("leaderboard", cwd=workdir).stdout
+    assert "tax" in board and "PGR mean ± sd" in board
+
+
+def test_score_holdout_reruns_the_method_on_the_holdout_half(workdir):
+    out = aar("score-holdout", "--testbed", "tax", "--method", "zero_shot_prior", "--seeds", "1",
+              cwd=workdir).stdout
+    assert "seed 1: holdout PGR" in out
+    audit = pd.read_json(workdir / ".aar" / "sealed" / "audit.jsonl", lines=True)
+    holdout = audit[audit["split"] == "holdout"]
+    assert len(holdout) == 1 and set(holdout["submitter"]) == {"operator"}
+
+
+def test_bad_method_name_fails_before_any_work(workdir):
+    proc = aar("baseline", "--method", "majority_vote", cwd=workdir, check=False)
+    assert proc.returncode == 2 and "allowed: vanilla_w2s" in proc.stderr

@@ -1,0 +1,114 @@
+"""The scorer: rounded scores only, budgets, bad submissions, holdout behind the operator key."""
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from aar_ray.models.artifacts import binary_labels
+from aar_ray.scoring import BudgetExhausted, Scorer, ScoreError, ScorerConfig, read_operator_key
+from aar_ray.testbeds import load_public, load_sealed
+
+FAST = ScorerConfig(submissions_per_submitter=3, baseline_seeds=2)
+
+
+@pytest.fixture()
+def scorer(small_home):
+    (small_home / "sealed" / "audit.jsonl").unlink(missing_ok=True)
+    return Scorer(small_home, FAST)
+
+
+def _truth(home, split="validation", testbed="tax-small"):
+    sealed = load_sealed(testbed, home, split)
+    return sealed["id"].tolist(), binary_labels(sealed["label"])
+
+
+def test_perfect_predictions_score_near_full_recovery_and_are_rounded(scorer, small_home):
+    ids, labels = _truth(small_home)
+    result = scorer.submit("alice", "tax-small", ids, labels)
+    assert set(result) == {"transfer_acc", "weak_acc", "strong_acc", "pgr", "submissions_left"}
+    assert result["transfer_acc"] == 1.0
+    assert result["weak_acc"] < result["strong_acc"]
+    for key in ("transfer_acc", "weak_acc", "strong_acc", "pgr"):
+        assert abs(result[key] * 100 - round(result[key] * 100)) < 1e-9, key
+    assert result["submissions_left"] == 2
+
+
+def test_flipping_one_prediction_is_invisible_in_the_rounded_score(scorer, small_home):
+    ids, labels = _truth(small_home)
+    probs = labels.copy()
+    probs[:40] = 1 - probs[:40]
+    first = scorer.submit("bob", "tax-small", ids, probs)
+    probs[40] = 1 - probs[40]  # one more wrong: the exact count moves by one
+    second = scorer.submit("bob", "tax-small", ids, probs)
+    assert first["transfer_acc"] == second["transfer_acc"]
+
+
+@pytest.mark.parametrize("mutate, message", [
+    (lambda ids, p: (ids[:-1], p[:-1]), "exactly once"),
+    (lambda ids, p: (ids, p[:-1]), "predictions for"),
+    (lambda ids, p: (ids[:-1] + ids[:1], p), "exactly once"),
+    (lambda ids, p: (ids, np.where(np.arange(len(p)) == 0, np.nan, p)), "no NaN"),
+    (lambda ids, p: (ids, p * 2), r"in \[0, 1\]"),
+    (lambda ids, p: (ids, ["yes"] * len(p)), "must be numbers"),
+])
+def test_bad_submissions_are_rejected_and_cost_nothing(scorer, small_home, mutate, message):
+    ids, labels = _truth(small_home)
+    with pytest.raises(ScoreError, match=message):
+        scorer.submit("carol", "tax-small", *mutate(ids, labels))
+    assert scorer.remaining("carol") == FAST.submissions_per_submitter
+    assert scorer.audit_log()[-1]["outcome"].startswith("rejected")
+
+
+def test_unlabelled_and_holdout_rows_cannot_be_scored_by_submitters(scorer, small_home):
+    for split in ("train_unlabel", "holdout"):
+        ids, labels = _truth(small_home, split)
+        with pytest.raises(ScoreError, match="validation ids"):
+            scorer.submit("dave", "tax-small", ids, labels)
+    assert scorer.remaining("dave") == FAST.submissions_per_submitter
+
+
+def test_budget_is_enforced_per_submitter_and_survives_a_restart(scorer, small_home):
+    ids, labels = _truth(small_home)
+    for _ in range(3):
+        scorer.submit("erin", "tax-small", ids, labels)
+    with pytest.raises(BudgetExhausted):
+        scorer.submit("erin", "tax-small", ids, labels)
+    assert scorer.submit("frank", "tax-small", ids, labels)["submissions_left"] == 2
+    restarted = Scorer(small_home, FAST)
+    assert restarted.remaining("erin") == 0 and restarted.remaining("frank") == 2
+
+
+def test_holdout_needs_the_operator_key_and_uses_no_budget(scorer, small_home):
+    ids, labels = _truth(small_home, "holdout")
+    with pytest.raises(ScoreError, match="operator key"):
+        scorer.score_holdout("guess", "grace", "tax-small", ids, labels)
+    result = scorer.score_holdout(read_operator_key(small_home), "grace", "tax-small", ids, labels)
+    assert result["transfer_acc"] == 1.0
+    assert scorer.remaining("grace") == FAST.submissions_per_submitter
+
+
+def test_fixed_baselines_are_computed_once_and_kept_sealed(scorer, small_home):
+    first = scorer.baselines("pref-small")
+    assert first == Scorer(small_home, FAST).baselines("pref-small")
+    assert list((small_home / "sealed" / "pref-small").glob("baselines-*.json"))
+    assert 0.5 < first["validation"]["weak_acc"] < first["validation"]["strong_acc"]
+
+
+def test_no_public_file_carries_a_sealed_label(small_home):
+    for name in ("tax-small", "pref-small"):
+        public = load_public(name, small_home)
+        for split, frame in public.items():
+            assert ("label" in frame.columns) == (split == "train_label"), split
+    for path in (small_home / "cache").rglob("*.parquet"):
+        assert "label" not in pd.read_parquet(path).columns
+
+
+def test_scorer_is_one_named_actor_for_the_cluster(local_ray, small_home):
+    from aar_ray.scoring import scorer_actor
+
+    actor = scorer_actor(small_home, FAST)
+    same = local_ray.get_actor("aar-scorer", namespace="aar")
+    ids, labels = _truth(small_home)
+    result = local_ray.get(same.submit.remote("heidi", "tax-small", ids, labels))
+    assert result["transfer_acc"] == 1.0
+    assert local_ray.get(actor.remaining.remote("heidi")) == FAST.submissions_per_submitter - 1
