@@ -1,0 +1,272 @@
+"""Inference engines: the transformers engine against the student, the vLLM engine's glue against
+a stand-in vllm module, and the Ray engine pool (scaling, batching, adapters, tensor-parallel
+placement) on a local Ray with GPUs declared as logical resources."""
+
+import os
+import sys
+import time
+import types
+
+import numpy as np
+import pytest
+import ray
+import torch
+
+from aar_ray.engines import (EnginePool, PoolConfig, TransformersEngine, desired_replicas,
+                             start_shared_pool, two_way_probability)
+from aar_ray.models.causal_lm import CausalLMConfig, CausalLMStudent, materialize_tiny_model
+
+ANIMALS = "cat dog cow horse bird fish".split()
+COLORS = "red blue green yellow black white".split()
+ROWS = [{"question": q, "choice": c} for q in ("big", "small") for c in ANIMALS + COLORS]
+TARGETS = np.array([float(r["choice"] in ANIMALS) for r in ROWS])
+
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    folder = materialize_tiny_model("qwen3", tmp_path_factory.mktemp("models"))
+    return CausalLMConfig(model=str(folder), lora_r=4, lora_alpha=8, lr=1e-2, epochs=4, batch_size=8,
+                          micro_batch_size=8, gradient_checkpointing=False, max_length=128,
+                          adapter_uri=str(tmp_path_factory.mktemp("adapters")))
+
+
+@pytest.fixture(scope="module")
+def student(tiny):
+    fitted = CausalLMStudent({"train": ROWS}, tiny, seed=0, name="served").fit("train", TARGETS)
+    fitted.save_adapter()
+    return fitted
+
+
+def eventually(condition, timeout=10.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while not condition() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return condition()
+
+
+def free_gpus_become(n) -> bool:
+    # Ray returns a killed actor's resources asynchronously: wait for the count to settle.
+    return eventually(lambda: ray.available_resources().get("GPU", 0) == n)
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    # address="local": a private cluster, even if another Ray runs on this machine.
+    ray.init(address="local", num_cpus=4, num_gpus=2, include_dashboard=False, logging_level="ERROR")
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # workers cannot import tests/
+    yield
+    ray.shutdown()
+
+
+# --------------------------------------------------------------------------- policy
+
+@pytest.mark.parametrize("queue, expected", [(0, 1), (1, 1), (4, 1), (5, 2), (8, 2), (9, 3), (100, 3)])
+def test_desired_replicas_follow_the_queue_within_bounds(queue, expected):
+    assert desired_replicas(queue, target_queue_per_replica=4, min_replicas=1, max_replicas=3) == expected
+
+
+def test_desired_replicas_may_scale_to_zero():
+    assert desired_replicas(0, 4, min_replicas=0, max_replicas=2) == 0
+    assert desired_replicas(1, 4, min_replicas=0, max_replicas=2) == 1
+
+
+def test_a_pool_that_could_never_serve_is_refused():
+    with pytest.raises(ValueError, match="max_replicas"):
+        EnginePool(None, PoolConfig(min_replicas=0, max_replicas=0), engine_factory=EchoEngine)
+
+
+# --------------------------------------------------------------------------- engines
+
+def test_transformers_engine_serves_an_adapter_by_name_like_the_student(tiny, student):
+    engine = TransformersEngine(tiny)
+    base = CausalLMStudent({"train": ROWS}, tiny).predict_proba("train")
+    assert np.allclose(engine.score_labels(ROWS), base, atol=1e-5)
+    engine.load_adapter("served", student.adapter_path)
+    assert np.allclose(engine.score_labels(ROWS, adapter="served"), student.predict_proba("train"), atol=1e-5)
+    assert np.allclose(engine.score_labels(ROWS), base, atol=1e-5)  # the base model is still there
+    # a formatted prompt with its label strings scores like the row it came from
+    prompt = engine.lm.prompts.text(ROWS[0])
+    assert np.allclose(engine.score_labels([prompt], "served", labels=("False", "True")),
+                       student.predict_proba("train")[:1], atol=1e-5)
+    texts = engine.generate(["Question: big"], max_tokens=3, adapter="served")
+    assert len(texts) == 1 and isinstance(texts[0], str)
+    with pytest.raises(KeyError, match="no adapter 'missing'"):
+        engine.score_labels(ROWS, adapter="missing")
+
+
+class FakeVLLM:
+    """Stand-ins for vllm.LLM / SamplingParams / LoRARequest: record what the engine asks for."""
+
+    def __init__(self, supports_logprob_token_ids=True):
+        self.supports = supports_logprob_token_ids
+        self.llm_kwargs, self.calls = None, []
+        fake = self
+
+        class LLM:
+            def __init__(self, **kwargs):
+                fake.llm_kwargs = kwargs
+
+            def generate(self, prompts, params, lora_request=None, use_tqdm=True):
+                fake.calls.append((prompts, params, lora_request))
+                return [self._output(p, sp) for p, sp in zip(prompts, params)]
+
+            @staticmethod
+            def _output(prompt, params):
+                # the label's log-probability grows with the prompt length: a checkable answer
+                ids = params.kwargs.get("logprob_token_ids") or []
+                step = {t: types.SimpleNamespace(logprob=-0.1 * len(prompt["prompt_token_ids"]) * (i + 1))
+                        for i, t in enumerate(ids)}
+                step = step or {7: types.SimpleNamespace(logprob=-0.5)}
+                return types.SimpleNamespace(outputs=[types.SimpleNamespace(logprobs=[step], text="")])
+
+        class SamplingParams:
+            def __init__(self, **kwargs):
+                if "logprob_token_ids" in kwargs and not fake.supports:
+                    raise TypeError("Unexpected keyword argument 'logprob_token_ids'")
+                self.kwargs = kwargs
+
+        def lora_request(name, int_id, path):
+            return types.SimpleNamespace(lora_name=name, lora_int_id=int_id, lora_path=path)
+
+        self.modules = {"vllm": types.SimpleNamespace(LLM=LLM, SamplingParams=SamplingParams),
+                        "vllm.lora": types.SimpleNamespace(),
+                        "vllm.lora.request": types.SimpleNamespace(LoRARequest=lora_request)}
+
+
+def test_vllm_engine_asks_vllm_for_lora_and_label_logprobs(tiny, student, monkeypatch):
+    fake = FakeVLLM()
+    for name, module in fake.modules.items():
+        monkeypatch.setitem(sys.modules, name, module)
+    from aar_ray.engines.vllm_engine import VLLMEngine, max_lora_rank_for
+
+    engine = VLLMEngine(tiny, tensor_parallel=2)
+    kwargs = fake.llm_kwargs
+    assert kwargs["enable_lora"] and kwargs["max_lora_rank"] == max_lora_rank_for(4) == 8
+    assert kwargs["tensor_parallel_size"] == 2 and kwargs["distributed_executor_backend"] == "ray"
+    engine.load_adapter("served", student.adapter_path)
+    p = engine.score_labels(ROWS[:2], adapter="served")
+    prompts, params, lora = fake.calls[-1]
+    encoded = [engine.prompts.encode(r) for r in ROWS[:2]]
+    assert [x["prompt_token_ids"] for x in prompts] == [e.ids for e in encoded]  # the student's tokens
+    assert params[0].kwargs["logprob_token_ids"] == [encoded[0].negative, encoded[0].positive]
+    assert params[0].kwargs["max_tokens"] == 1 and lora.lora_name == "served"
+    n = np.array([len(e.ids) for e in encoded])
+    assert np.allclose(p, two_way_probability(-0.1 * n, -0.2 * n))
+    first_id = lora.lora_int_id
+    engine.load_adapter("served", student.adapter_path)  # new weights under an old name: a new id
+    engine.score_labels(ROWS[:1], adapter="served")
+    assert fake.calls[-1][2].lora_int_id != first_id
+
+
+def test_vllm_engine_falls_back_to_top_k_logprobs(tiny, monkeypatch):
+    fake = FakeVLLM(supports_logprob_token_ids=False)
+    for name, module in fake.modules.items():
+        monkeypatch.setitem(sys.modules, name, module)
+    from aar_ray.engines.vllm_engine import TOP_K_FALLBACK, VLLMEngine
+
+    engine = VLLMEngine(tiny)
+    p = engine.score_labels(ROWS[:1])
+    assert fake.calls[-1][1][0].kwargs["logprobs"] == TOP_K_FALLBACK
+    assert np.allclose(p, 0.5)  # neither label in the top k: both get the k-th log-probability
+
+
+# --------------------------------------------------------------------------- the pool
+
+class EchoEngine:
+    """A cheap engine: P = the row's "p" field; generate tells which process and adapters served."""
+
+    def __init__(self, load_seconds=0.0):
+        time.sleep(load_seconds)
+        self.adapters = {}
+
+    def score_labels(self, items, adapter=None, labels=None):
+        time.sleep(0.05)
+        return np.array([x["p"] for x in items], dtype=np.float32)
+
+    def generate(self, prompts, max_tokens, adapter=None):
+        time.sleep(0.2)
+        return [f"{os.getpid()}|{sorted(self.adapters)}|{p}" for p in prompts]
+
+    def load_adapter(self, name, path):
+        self.adapters[name] = path
+
+
+def test_pool_grows_with_the_queue_keeps_order_and_shrinks_when_idle(local_ray):
+    config = PoolConfig(min_replicas=1, max_replicas=2, target_queue_per_replica=2, batch_size=2,
+                        num_gpus=1, scale_down_after_s=0)
+    pool = EnginePool(None, config, engine_factory=EchoEngine)
+    try:
+        assert pool.replicas == 1
+        items = [{"p": i / 100} for i in range(30)]
+        assert np.allclose(pool.score_labels(items), [i / 100 for i in range(30)])  # in order
+        # 15 batches of 0.2 s: a second replica starts, loads, and takes part of the same request
+        texts = pool.generate([f"q{i}" for i in range(30)], max_tokens=4)
+        assert [t.split("|")[-1] for t in texts] == [f"q{i}" for i in range(30)]
+        assert len({t.split("|")[0] for t in texts}) == 2
+        assert pool.queue_depth == 0 and pool.replicas == 1  # back to the minimum once idle
+        assert free_gpus_become(1)  # which holds one GPU
+    finally:
+        pool.shutdown()
+
+
+def test_new_replicas_get_every_registered_adapter(local_ray):
+    config = PoolConfig(min_replicas=1, max_replicas=2, target_queue_per_replica=1, batch_size=1,
+                        num_gpus=0, scale_down_after_s=60)
+    pool = EnginePool(None, config, engine_factory=EchoEngine)
+    try:
+        pool.load_adapter("weak-labels-v1", "/adapters/v1")
+        pool.generate(["a", "b"], max_tokens=1)  # a queue of two: a second replica starts
+        assert pool.replicas == 2 and eventually(lambda: pool.ready_replicas == 2)  # and stays a while
+        texts = pool.generate(["c", "d", "e", "f"], max_tokens=1)
+        assert all("['weak-labels-v1']" in t for t in texts)  # loaded before it served anything
+        assert len({t.split("|")[0] for t in texts}) == 2
+    finally:
+        pool.shutdown()
+
+
+class CrashOnceEngine(EchoEngine):
+    """Its process dies on the first item that asks for it, as an engine crash would."""
+
+    def score_labels(self, items, adapter=None, labels=None):
+        marker = items[0].get("crash")
+        if marker and not os.path.exists(marker):
+            open(marker, "w").close()
+            os._exit(1)
+        return super().score_labels(items, adapter, labels)
+
+
+def test_a_replica_that_dies_is_replaced_and_its_batch_sent_again(local_ray, tmp_path):
+    pool = EnginePool(None, PoolConfig(min_replicas=1, max_replicas=1, batch_size=1, num_gpus=0),
+                      engine_factory=CrashOnceEngine)
+    try:
+        items = [{"p": 0.1}, {"p": 0.2, "crash": str(tmp_path / "crashed")}, {"p": 0.3}]
+        assert np.allclose(pool.score_labels(items), [0.1, 0.2, 0.3])
+        assert (tmp_path / "crashed").exists() and pool.replicas == 1
+    finally:
+        pool.shutdown()
+
+
+def test_tensor_parallel_replica_reserves_its_gpus_in_a_placement_group(local_ray):
+    pool = EnginePool(None, PoolConfig(min_replicas=1, max_replicas=1, tensor_parallel=2),
+                      engine_factory=EchoEngine)
+    try:
+        assert np.allclose(pool.score_labels([{"p": 0.25}]), [0.25])
+        assert free_gpus_become(0)  # both GPUs held by the replica's placement group
+    finally:
+        pool.shutdown()
+    assert free_gpus_become(2)
+
+
+def test_shared_pool_actor_and_a_real_transformers_replica(local_ray, tiny, student):
+    pool = start_shared_pool("test-pool", tiny, PoolConfig(engine="transformers", num_gpus=0, batch_size=8))
+    try:
+        assert ray.get_actor("test-pool")  # reachable by name from any researcher
+        ray.get(pool.load_adapter.remote("served", student.adapter_path))
+        served = ray.get(pool.score_labels.remote(ROWS, "served"))
+        assert np.allclose(served, student.predict_proba("train"), atol=1e-5)
+    finally:
+        ray.get(pool.shutdown.remote())
+        ray.kill(pool)
