@@ -86,6 +86,19 @@ def build_parser() -> argparse.ArgumentParser:
     _common(ui)
 
     sub.add_parser("methods", help="the method library: names, parameters and defaults")
+
+    camp = sub.add_parser("campaign", help="researchers in parallel until a budget is spent, then "
+                          "the generalisation check and a report",
+                          description="Run a campaign from a preset in conf/campaign/ (laptop: three "
+                          "offline search researchers on the CPU testbeds). Overrides as key=value.")
+    camp.add_argument("--config", type=Path, default=None, help="e.g. conf/campaign/laptop.yaml")
+    camp.add_argument("--resume", action="store_true", help="continue the campaign of the same name")
+    camp.add_argument("overrides", nargs="*", help="e.g. researchers=5 researcher_limits.max_experiments=10")
+    _common(camp)
+
+    rep = sub.add_parser("report", help="print the report of a finished campaign")
+    rep.add_argument("campaign")
+    _common(rep)
     return parser
 
 
@@ -169,7 +182,32 @@ def cmd_methods(args) -> int:
     return 0
 
 
-COMMANDS = {"testbed": cmd_testbed, "baseline": cmd_baseline, "leaderboard": cmd_leaderboard,
+def cmd_campaign(args) -> int:
+    from aar_ray.campaign import CampaignConfig, run_campaign
+    from aar_ray.config import load_config
+
+    overrides = list(args.overrides)
+    if args.home:
+        overrides.append(f"home={args.home}")
+    if args.tracking_uri:
+        overrides.append(f"tracking.uri={args.tracking_uri}")
+    config = load_config(CampaignConfig, args.config, overrides)
+    outcome = run_campaign(config, resume=args.resume)
+    print(Path(outcome["report"]).read_text())
+    print(f"report: {outcome['report']}")
+    return 0
+
+
+def cmd_report(args) -> int:
+    report = Path(_home(args)).resolve() / "campaigns" / args.campaign / "report" / "report.md"
+    if not report.exists():
+        print(f"aar report: no report for campaign {args.campaign!r} at {report}", file=sys.stderr)
+        return 2
+    print(report.read_text())
+    return 0
+
+
+COMMANDS = {"campaign": cmd_campaign, "report": cmd_report, "testbed": cmd_testbed, "baseline": cmd_baseline, "leaderboard": cmd_leaderboard,
             "score-holdout": cmd_score_holdout, "ui": cmd_ui, "methods": cmd_methods}
 
 
@@ -181,7 +219,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return COMMANDS[args.command](args)
-    except (ConfigError, TestbedError, ScoreError) as err:
+    except (ConfigError, TestbedError, ScoreError, FileExistsError) as err:
         print(f"aar {args.command}: error: {err}", file=sys.stderr)
         return 2
 

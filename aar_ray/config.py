@@ -96,8 +96,13 @@ def validate(config) -> None:
                 raise ConfigError(f"methods[{i}]: {err}") from None
         if not config.seeds or not config.testbeds or not config.methods:
             raise ConfigError("testbeds, methods and seeds must each list at least one entry")
+    if hasattr(config, "student"):
         _check("student.head", config.student.head, ["auto", *HEADS])
         _check("teacher.kind", config.teacher.kind, ["bow"])
+    if hasattr(config, "backend"):
+        _check("backend.kind", config.backend.kind, ["search", "anthropic", "openai"])
+        if config.researchers < 1:
+            raise ConfigError("researchers must be at least 1")
 
 
 def to_yaml(config) -> str:

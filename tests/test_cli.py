@@ -49,7 +49,7 @@ def test_import_errors_are_reported_without_a_traceback(workdir):
 
 def test_baseline_sweep_records_every_run_in_mlflow_and_prints_a_leaderboard(workdir):
     out = aar("baseline", "--testbed", "tax", "--method", "vanilla_w2s", "--method",
-              "zero_shot_prior", "--seeds", "1-2", "student.epochs=5", "scorer.baseline_seeds=2",
+              "zero_shot_prior", "--seeds", "1-2", "scorer.baseline_seeds=2",
               cwd=workdir).stdout
     assert "zero_shot_prior" in out and "vanilla_w2s" in out
     mlflow.set_tracking_uri(f"sqlite:///{workdir / 'mlflow.db'}")

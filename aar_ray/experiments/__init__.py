@@ -29,10 +29,11 @@ class ExperimentSpec:
     student: StudentConfig = field(default_factory=StudentConfig)
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
     eval_split: str = "validation"
+    code: str | None = None  # an idea file's source; it then runs in the sandbox as `method`
 
     @property
     def label(self) -> str:
-        return method_label(self.method, self.params)
+        return f"idea:{self.method}" if self.code is not None else method_label(self.method, self.params)
 
 
 @dataclass
@@ -44,8 +45,9 @@ class MethodResult:
     cpu_seconds: float
 
 
-def run_method(spec: ExperimentSpec) -> MethodResult:
-    """Run one method for one seed on public data; return its predictions for spec.eval_split."""
+def run_method(spec: ExperimentSpec, run=None) -> MethodResult:
+    """Run one method for one seed on public data; return its predictions for spec.eval_split.
+    `run` is an idea's run(ctx) (see ideas.py); by default the library method spec.method."""
     wall, cpu = time.perf_counter(), time.process_time()
     meta = testbed_meta(spec.testbed, spec.home)
     public = load_public(spec.testbed, spec.home)
@@ -54,7 +56,7 @@ def run_method(spec: ExperimentSpec) -> MethodResult:
         weak=weak_labels(spec.testbed, spec.home, spec.teacher, spec.seed),
         eval_split=spec.eval_split, seed=spec.seed, params=dict(spec.params),
         new_student=student_factory(spec.testbed, spec.home, spec.student, spec.seed))
-    probs = np.asarray(METHODS[spec.method].run(ctx), dtype=np.float64).reshape(-1)
+    probs = np.asarray((run or METHODS[spec.method].run)(ctx), dtype=np.float64).reshape(-1)
     ids = public[spec.eval_split]["id"].tolist()
     if len(probs) != len(ids):
         raise ValueError(f"method {spec.method} returned {len(probs)} predictions for the "
@@ -65,6 +67,7 @@ def run_method(spec: ExperimentSpec) -> MethodResult:
 def experiment_params(spec: ExperimentSpec) -> dict:
     student = resolve_student_config(spec.student, spec.testbed, spec.home)
     return {"testbed": spec.testbed, "method": spec.label, "method_name": spec.method,
+            "kind": "idea" if spec.code is not None else "library",
             "seed": spec.seed, "eval_split": spec.eval_split,
             **{f"param.{k}": v for k, v in spec.params.items()},
             **{f"student.{k}": v for k, v in asdict(student).items()},
@@ -72,15 +75,15 @@ def experiment_params(spec: ExperimentSpec) -> dict:
 
 
 def score_result(scorer, submitter: str, spec: ExperimentSpec, result: MethodResult,
-                 operator_key: str | None = None) -> tuple[dict, str | None]:
+                 operator_key: str | None = None, key: str | None = None) -> tuple[dict, str | None]:
     """Hand predictions to the scorer actor: validation for anyone, holdout with the operator key.
-    Returns (score, None), or ({}, why) when the scorer refused them."""
+    `key` makes the submission idempotent. Returns (score, None), or ({}, why) when refused."""
     import ray
 
     if spec.eval_split == "holdout":
-        call = scorer.score_holdout.remote(operator_key, submitter, spec.testbed, result.ids, result.probs)
+        call = scorer.score_holdout.remote(operator_key, submitter, spec.testbed, result.ids, result.probs, key)
     else:
-        call = scorer.submit.remote(submitter, spec.testbed, result.ids, result.probs)
+        call = scorer.submit.remote(submitter, spec.testbed, result.ids, result.probs, key)
     try:
         return ray.get(call), None
     except ray.exceptions.RayTaskError as err:
@@ -88,8 +91,14 @@ def score_result(scorer, submitter: str, spec: ExperimentSpec, result: MethodRes
 
 
 def record_experiment(tracker, spec: ExperimentSpec, result: MethodResult | None, score: dict,
-                      submitter: str, error: str | None = None, parent_run_id: str | None = None) -> str:
-    """One MLflow run for one experiment, scored or failed; returns the run id."""
+                      submitter: str, error: str | None = None, parent_run_id: str | None = None,
+                      key: str | None = None) -> str:
+    """One MLflow run for one experiment, scored or failed; returns the run id. With a `key`,
+    a run already recorded under it is returned instead of a second one."""
+    if key is not None:
+        found = tracker.find_run(key)
+        if found is not None:
+            return found
     metrics = {k: score.get(k) for k in ("pgr", "transfer_acc", "weak_acc", "strong_acc")}
     predictions = None
     if result is not None:
@@ -97,7 +106,8 @@ def record_experiment(tracker, spec: ExperimentSpec, result: MethodResult | None
         metrics.update(wall_seconds=result.wall_seconds, cpu_seconds=result.cpu_seconds,
                        **{f"method.{k}": v for k, v in result.metrics.items()})
     tags = {"aar_kind": "experiment", "submitter": submitter, "split": spec.eval_split,
-            **({"error": error[:4000]} if error else {})}
+            **({"error": error[:4000]} if error else {}), **({"aar_key": key} if key else {})}
     return tracker.log_experiment(
         f"{spec.label}/{spec.testbed}/seed{spec.seed}", experiment_params(spec), metrics, tags,
-        predictions=predictions, config=asdict(spec), parent_run_id=parent_run_id)
+        predictions=predictions, config={k: v for k, v in asdict(spec).items() if k != "code"},
+        code=spec.code, parent_run_id=parent_run_id)

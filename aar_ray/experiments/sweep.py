@@ -32,7 +32,9 @@ def connect_ray(num_cpus: int | None = None) -> None:
     if os.environ.get("RAY_ADDRESS"):
         ray.init(namespace="aar")
     else:
-        ray.init(num_cpus=num_cpus, include_dashboard=False, namespace="aar", log_to_driver=False)
+        # address="local": always a fresh instance here, never some other cluster on this machine
+        ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, namespace="aar",
+                 log_to_driver=False)
 
 
 @ray.remote(num_cpus=1)
@@ -40,6 +42,10 @@ def run_method_task(spec: ExperimentSpec):
     import torch
 
     torch.set_num_threads(1)  # one core per task: parallel tasks must not fight over threads
+    if spec.code is not None:
+        from aar_ray.experiments.ideas import run_idea
+
+        return run_idea(spec)  # agent-written code: only ever inside the sandbox
     return run_method(spec)
 
 

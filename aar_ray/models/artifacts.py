@@ -36,6 +36,7 @@ def _atomic_save(path: Path, write) -> None:
     os.close(fd)
     try:
         write(tmp)
+        os.chmod(tmp, 0o644)  # public data: sandboxed idea code reads it as an unprivileged user
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

@@ -53,7 +53,7 @@ class Scorer:
         self.sealed.mkdir(parents=True, exist_ok=True)
         self.audit_path = self.sealed / "audit.jsonl"
         self._lock = threading.Lock()  # an actor may serve calls from several threads
-        self._used = self._count_used()
+        self._used, self._answers = self._replay_audit()
         self._operator_key = read_operator_key(self.home)
 
     # --- baselines --------------------------------------------------------------------------
@@ -86,41 +86,51 @@ class Scorer:
                     "seeds": seeds} for s in EVAL_SPLITS}
 
     # --- submissions ------------------------------------------------------------------------
-    def submit(self, submitter: str, testbed: str, ids, probs, run_id: str | None = None) -> dict:
-        """Score predictions for the validation split; returns rounded accuracy and PGR."""
-        return self._score(submitter, testbed, "validation", ids, probs, run_id, charge=True)
+    def submit(self, submitter: str, testbed: str, ids, probs, key: str | None = None) -> dict:
+        """Score predictions for the validation split; returns rounded accuracy and PGR.
+        A `key` makes the call idempotent: the same key again returns the first answer and
+        costs nothing, so a retried or resumed experiment is never counted twice."""
+        return self._score(submitter, testbed, "validation", ids, probs, key, charge=True)
 
     def score_holdout(self, operator_key: str, submitter: str, testbed: str, ids, probs,
-                      run_id: str | None = None) -> dict:
+                      key: str | None = None) -> dict:
         """Score predictions for the holdout split: operator only, outside any budget."""
         if not secrets.compare_digest(str(operator_key), self._operator_key):
-            self._audit(submitter, testbed, "holdout", None, run_id, "rejected: wrong operator key")
+            self._audit(submitter, testbed, "holdout", None, key, "rejected: wrong operator key")
             raise ScoreError("holdout is scored only with the operator key (aar score-holdout)")
-        return self._score(submitter, testbed, "holdout", ids, probs, run_id, charge=False)
+        return self._score(submitter, testbed, "holdout", ids, probs, key, charge=False)
 
     def remaining(self, submitter: str) -> int:
         return self.config.submissions_per_submitter - self._used.get(submitter, 0)
 
-    def _score(self, submitter, testbed, split, ids, probs, run_id, charge: bool) -> dict:
+    def _score(self, submitter, testbed, split, ids, probs, key, charge: bool) -> dict:
         with self._lock:
+            if key is not None and key in self._answers:
+                self._audit(submitter, testbed, split, None, key, "replayed")
+                return self._answers[key]
             try:
                 ids, probs = self._validated(testbed, split, ids, probs)
                 if charge and self.remaining(submitter) <= 0:
                     raise BudgetExhausted(f"submitter {submitter!r} has used all "
                                           f"{self.config.submissions_per_submitter} submissions")
             except ScoreError as err:
-                self._audit(submitter, testbed, split, None, run_id, f"rejected: {err}")
+                self._audit(submitter, testbed, split, None, key, f"rejected: {err}")
                 raise
             truth = load_sealed(testbed, self.home, split).set_index("id").loc[ids, "label"]
             acc = _accuracy(probs, binary_labels(truth))
             base = self.baselines(testbed)[split]
+            if base["strong_acc"] <= base["weak_acc"]:
+                raise ScoreError(f"{testbed!r} has no weak-to-strong gap (ceiling {base['strong_acc']:.3f} "
+                                 f"<= teacher {base['weak_acc']:.3f}); PGR is undefined for this student")
             result = {"transfer_acc": self._round(acc), "weak_acc": self._round(base["weak_acc"]),
                       "strong_acc": self._round(base["strong_acc"]),
                       "pgr": self._round(pgr(acc, base["weak_acc"], base["strong_acc"]))}
             if charge:
                 self._used[submitter] = self._used.get(submitter, 0) + 1
             result["submissions_left"] = self.remaining(submitter)
-            self._audit(submitter, testbed, split, probs, run_id, "scored", exact_acc=acc, **result)
+            self._audit(submitter, testbed, split, probs, key, "scored", exact_acc=acc, **result)
+            if key is not None:
+                self._answers[key] = result
             return result
 
     def _validated(self, testbed: str, split: str, ids, probs) -> tuple[list, np.ndarray]:
@@ -148,9 +158,9 @@ class Scorer:
         return round(round(value / r) * r, 6)
 
     # --- audit log --------------------------------------------------------------------------
-    def _audit(self, submitter, testbed, split, probs, run_id, outcome, **fields) -> None:
+    def _audit(self, submitter, testbed, split, probs, key, outcome, **fields) -> None:
         entry = {"time": time.time(), "submitter": submitter, "testbed": testbed, "split": split,
-                 "run_id": run_id, "outcome": outcome, **fields}
+                 "key": key, "outcome": outcome, **fields}
         if probs is not None:
             entry["predictions_sha256"] = hashlib.sha256(np.asarray(probs).tobytes()).hexdigest()
         with open(self.audit_path, "a") as f:
@@ -161,13 +171,19 @@ class Scorer:
             return []
         return [json.loads(line) for line in self.audit_path.read_text().splitlines() if line]
 
-    def _count_used(self) -> dict[str, int]:
-        """Budgets survive a restart: they are recounted from the audit log."""
+    def _replay_audit(self) -> tuple[dict[str, int], dict[str, dict]]:
+        """Budgets and keyed answers survive a restart: both are rebuilt from the audit log."""
         used: dict[str, int] = {}
+        answers: dict[str, dict] = {}
+        fields = ("transfer_acc", "weak_acc", "strong_acc", "pgr", "submissions_left")
         for entry in self.audit_log():
-            if entry["outcome"] == "scored" and entry["split"] == "validation":
+            if entry["outcome"] != "scored":
+                continue
+            if entry["split"] == "validation":
                 used[entry["submitter"]] = used.get(entry["submitter"], 0) + 1
-        return used
+            if entry.get("key"):
+                answers[entry["key"]] = {k: entry[k] for k in fields}
+        return used, answers
 
 
 def read_operator_key(home: str | Path) -> str:

@@ -120,6 +120,7 @@ def write_testbed(rows_by_split: dict[str, list[dict]], name: str, home: Path,
     fmt = "binary" if "choice" in rows_by_split["train_label"][0] else "comparison"
     meta = {"name": name, "format": fmt, "rows": {s: len(r) for s, r in stored.items()},
             "content_hash": _content_hash(rows_by_split), **(extra_meta or {})}
+    tmp_public.chmod(0o755)  # public: readable by the unprivileged user sandboxed code runs as
     try:
         (tmp_public / "public").mkdir()
         (tmp_public / "meta.json").write_text(json.dumps(meta, indent=2))

@@ -48,7 +48,7 @@ class Tracker:
 
     def log_experiment(self, run_name: str, params: dict, metrics: dict, tags: dict,
                        predictions: pd.DataFrame | None = None, config: dict | None = None,
-                       parent_run_id: str | None = None) -> str:
+                       code: str | None = None, parent_run_id: str | None = None) -> str:
         """One finished experiment as one MLflow run; returns its run id."""
         all_tags = {**tags, **({"mlflow.parentRunId": parent_run_id} if parent_run_id else {})}
         run = self.client.create_run(self.experiment_id, run_name=run_name,
@@ -62,11 +62,19 @@ class Tracker:
             if predictions is not None:
                 predictions.to_parquet(Path(tmp) / "predictions.parquet", index=False)
                 self.client.log_artifact(run.info.run_id, str(Path(tmp) / "predictions.parquet"))
+            if code is not None:
+                (Path(tmp) / "idea.py").write_text(code)
+                self.client.log_artifact(run.info.run_id, str(Path(tmp) / "idea.py"))
             if config is not None:
                 (Path(tmp) / "config.json").write_text(json.dumps(config, indent=2, default=str))
                 self.client.log_artifact(run.info.run_id, str(Path(tmp) / "config.json"))
         self.client.set_terminated(run.info.run_id, "FINISHED" if metrics.get("pgr") is not None else "FAILED")
         return run.info.run_id
+
+    def find_run(self, key: str) -> str | None:
+        """The id of the finished run recorded under an experiment key, if any."""
+        found = self.client.search_runs([self.experiment_id], f"tags.aar_key = '{key}'", max_results=1)
+        return found[0].info.run_id if found else None
 
     def start_parent(self, run_name: str, params: dict) -> str:
         run = self.client.create_run(self.experiment_id, run_name=run_name)

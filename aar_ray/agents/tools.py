@@ -1,0 +1,262 @@
+"""The tools a researcher works with, as JSON-schema'd functions returning JSON text.
+
+Every tool answers with a JSON object; a mistake the agent can fix comes back as
+`{"error": "..."}` with `is_error` set, never as an exception that ends the researcher. Nothing
+here returns a sealed label: experiments go through the scorer, which answers in rounded PGR.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from aar_ray.agents.backends import ToolSpec
+from aar_ray.agents.budget import Budget, BudgetExceeded
+from aar_ray.experiments import ExperimentSpec, record_experiment, score_result
+from aar_ray.methods import METHODS, MethodSpecError, parse_method
+from aar_ray.models import StudentConfig, TeacherConfig
+from aar_ray.sandbox import Sandbox, SandboxLimits
+from aar_ray.testbeds import load_public, testbed_meta
+
+TASK = """\
+Weak-to-strong supervision on testbed {testbed!r} ({format} rows). A weak teacher (bag-of-words,
+trained on train_label) labelled train_unlabel; a strong student (frozen pretrained sentence
+encoder + trainable head) should learn from those labels and beat the teacher. Score:
+PGR = (transfer_acc - weak_acc) / (strong_acc - weak_acc) on the validation split, rounded to 0.01.
+
+Write an idea file (Python) in your workspace with
+
+    def run(ctx):  # returns P(True) (binary) or P(A) (comparison) for every row of ctx.eval_split
+        ...
+
+ctx.public: dict split -> pandas DataFrame (labels only in train_label); ctx.weak_targets():
+teacher P on train_unlabel; ctx.weak.probs[split]; ctx.new_student() -> student with
+fit(split, targets, loss="soft"|"hard"|fn(logits, targets, progress), weights=None, rows=None),
+predict_proba(split, rows=None), zero_shot_scores(split); ctx.params, ctx.seed, ctx.log(key, value).
+Library methods you can run or read for reference: {methods}.
+Run it with run_experiment (idea_file, seeds). Ideas run in a sandbox without network.
+"""
+
+
+@dataclass
+class ToolContext:
+    """What the tools of one researcher share."""
+
+    researcher: str
+    campaign: str
+    testbed: str
+    home: str
+    workspace: Path
+    scorer: object  # Ray actor handle of the scorer
+    forum: object  # aar_ray.forum.Forum
+    tracker: object  # aar_ray.tracking.Tracker
+    budget: Budget
+    parent_run_id: str | None = None
+    student: StudentConfig = field(default_factory=StudentConfig)
+    teacher: TeacherConfig = field(default_factory=TeacherConfig)
+    max_seeds: int = 5
+    shell_limits: SandboxLimits = field(default_factory=lambda: SandboxLimits(wall_seconds=60))
+    finished: str | None = None
+
+
+class ToolError(ValueError):
+    """A mistake the agent can correct; its message goes back as the tool result."""
+
+
+def _obj(**properties) -> dict:
+    required = [k for k, v in properties.items() if not v.pop("optional", False)]
+    return {"type": "object", "properties": properties, "required": required, "additionalProperties": False}
+
+
+SPECS = [
+    ToolSpec("describe_task", "The task, the run(ctx) API and your budget.", _obj()),
+    ToolSpec("sample_data", "A few public rows of a split (labels only on train_label) and counts.",
+             _obj(split={"type": "string", "enum": ["train_label", "train_unlabel", "validation"]},
+                  n={"type": "integer", "minimum": 1, "maximum": 50})),
+    ToolSpec("read_file", "Read a file of your workspace.", _obj(path={"type": "string"})),
+    ToolSpec("write_file", "Write a file in your workspace.",
+             _obj(path={"type": "string"}, content={"type": "string"})),
+    ToolSpec("run_shell", "Run a shell command in your sandboxed workspace (no network, 60 s).",
+             _obj(command={"type": "string"})),
+    ToolSpec("run_experiment", "Run an idea file (or a library method spec) for some seeds; "
+             "returns validation PGR per seed and the MLflow run ids.",
+             _obj(idea_file={"type": "string", "optional": True},
+                  method={"type": "string", "optional": True},
+                  seeds={"type": "array", "items": {"type": "integer"}, "minItems": 1})),
+    ToolSpec("leaderboard", "The campaign's best scored results so far.", _obj()),
+    ToolSpec("post", "Post a finding to the forum every researcher reads.",
+             _obj(title={"type": "string"}, body={"type": "string"},
+                  run_ids={"type": "array", "items": {"type": "string"}, "optional": True},
+                  code_refs={"type": "array", "items": {"type": "integer"}, "optional": True})),
+    ToolSpec("read_forum", "Newest forum posts, optionally matching a query.",
+             _obj(query={"type": "string", "optional": True},
+                  limit={"type": "integer", "minimum": 1, "maximum": 50, "optional": True})),
+    ToolSpec("share_code", "Share an idea file so others can read it; returns its code id.",
+             _obj(idea_file={"type": "string"})),
+    ToolSpec("read_shared_code", "Read code another researcher shared.", _obj(code_id={"type": "integer"})),
+    ToolSpec("finish", "Stop researching, with a summary of what you found.", _obj(summary={"type": "string"})),
+]
+
+
+def _workspace_file(ctx: ToolContext, path: str) -> Path:
+    full = (ctx.workspace / path).resolve()
+    if not full.is_relative_to(ctx.workspace.resolve()):
+        raise ToolError(f"{path!r} is outside your workspace")
+    return full
+
+
+def describe_task(ctx: ToolContext) -> dict:
+    meta = testbed_meta(ctx.testbed, ctx.home)
+    return {"task": TASK.format(testbed=ctx.testbed, format=meta["format"], methods=", ".join(METHODS)),
+            "rows": meta["rows"], "budget": ctx.budget.to_dict()}
+
+
+def sample_data(ctx: ToolContext, split: str, n: int) -> dict:
+    frame = load_public(ctx.testbed, ctx.home)[split]
+    rows = frame.sample(min(n, len(frame)), random_state=0).to_dict("records")
+    return {"split": split, "rows_in_split": len(frame), "columns": list(frame.columns),
+            "sample": json.loads(json.dumps(rows, default=str))}
+
+
+def read_file(ctx: ToolContext, path: str) -> dict:
+    full = _workspace_file(ctx, path)
+    if not full.is_file():
+        raise ToolError(f"no file {path!r} in your workspace")
+    return {"path": path, "content": full.read_text()[:20000]}
+
+
+def write_file(ctx: ToolContext, path: str, content: str) -> dict:
+    full = _workspace_file(ctx, path)
+    full.parent.mkdir(parents=True, exist_ok=True)
+    full.write_text(content)
+    return {"path": path, "bytes": len(content.encode())}
+
+
+def run_shell(ctx: ToolContext, command: str) -> dict:
+    from aar_ray.experiments.ideas import LABEL_DECIDING, PACKAGE
+
+    home = Path(ctx.home)
+    sandbox = Sandbox(ctx.workspace, readonly=[PACKAGE, home / "testbeds" / ctx.testbed],
+                      limits=ctx.shell_limits, hidden=LABEL_DECIDING)
+    result = sandbox.run(["/bin/sh", "-c", command], env={"PYTHONPATH": str(PACKAGE.parent)})
+    return {"exit_code": result.returncode, "timed_out": result.timed_out,
+            "stdout": result.stdout[-8000:], "stderr": result.stderr[-4000:]}
+
+
+def run_experiment(ctx: ToolContext, seeds: list[int], idea_file: str | None = None,
+                   method: str | None = None, call_id: str = "") -> dict:
+    """One experiment = one idea or method over some seeds. Recorded under a call key so a
+    researcher that restarts gets the recorded result instead of running it again."""
+    import ray
+
+    from aar_ray.experiments.sweep import run_method_task
+
+    key = f"{ctx.campaign}/{ctx.researcher}/{call_id}"
+    done = ctx.forum.result_for(key)
+    if done is not None:
+        return {"seeds": done["seeds"], "mean_pgr": done["pgr"], "run_ids": json.loads(done["run_ids"]),
+                "note": "already run before a restart; this is the recorded result"}
+    if (idea_file is None) == (method is None):
+        raise ToolError("give exactly one of idea_file (your code) or method (a library method spec)")
+    if len(seeds) > ctx.max_seeds or len(set(seeds)) != len(seeds):
+        raise ToolError(f"give 1 to {ctx.max_seeds} distinct seeds")
+    spec = _experiment_spec(ctx, idea_file, method)
+    ctx.budget.check(experiments=1)
+    specs = [replace(spec, seed=int(s)) for s in seeds]
+    refs = [run_method_task.remote(s) for s in specs]
+    per_seed, transfer, run_ids, errors = [], [], [], []
+    for s, ref in zip(specs, refs):
+        seed_key = f"{key}/seed{s.seed}"  # scorer and MLflow dedupe on it across a restart
+        try:
+            result, error = ray.get(ref), None
+            score, error = score_result(ctx.scorer, ctx.researcher, s, result, key=seed_key)
+        except ray.exceptions.RayTaskError as err:
+            result, score, error = None, {}, f"{type(err.cause).__name__}: {err.cause}"
+        run_ids.append(record_experiment(ctx.tracker, s, result, score, ctx.researcher, error,
+                                         ctx.parent_run_id, key=seed_key))
+        per_seed.append(score.get("pgr"))
+        transfer += [score["transfer_acc"]] if "transfer_acc" in score else []
+        errors += [f"seed {s.seed}: {error}"] if error else []
+    ctx.budget.charge(experiments=1)
+    scored = [p for p in per_seed if p is not None]
+    if not scored:
+        raise ToolError("every seed failed:\n" + "\n".join(errors)[-4000:])
+    mean = round(float(np.mean(scored)), 3)
+    code_ref = ctx.forum.share_code(ctx.researcher, spec.method, spec.code) if spec.code else None
+    ctx.forum.record_result(ctx.researcher, ctx.testbed, spec.label if spec.code is None else f"idea:{spec.method}",
+                            key, seeds, mean, float(np.mean(transfer)), run_ids, code_ref)
+    return {"idea": spec.label, "pgr_per_seed": dict(zip(map(str, seeds), per_seed)), "mean_pgr": mean,
+            "run_ids": run_ids, "errors": errors, "code_ref": code_ref}
+
+
+def _experiment_spec(ctx: ToolContext, idea_file: str | None, method: str | None) -> ExperimentSpec:
+    if method is not None:
+        try:
+            name, params = parse_method(method)
+        except MethodSpecError as err:
+            raise ToolError(str(err)) from None
+        return ExperimentSpec(ctx.testbed, name, 0, ctx.home, params, ctx.student, ctx.teacher)
+    code = read_file(ctx, idea_file)["content"]
+    if "def run(" not in code:
+        raise ToolError(f"{idea_file} has no `def run(ctx)`")
+    return ExperimentSpec(ctx.testbed, Path(idea_file).stem, 0, ctx.home, {}, ctx.student, ctx.teacher, code=code)
+
+
+def leaderboard(ctx: ToolContext) -> dict:
+    return {"leaderboard": [{k: r[k] for k in ("researcher", "testbed", "idea", "pgr", "seeds", "code_ref")}
+                            for r in ctx.forum.leaderboard(ctx.testbed)]}
+
+
+def post(ctx: ToolContext, title: str, body: str, run_ids: list[str] = (), code_refs: list[int] = ()) -> dict:
+    return {"post_id": ctx.forum.post(ctx.researcher, title, body, run_ids, code_refs)}
+
+
+def read_forum(ctx: ToolContext, query: str | None = None, limit: int = 10) -> dict:
+    posts = ctx.forum.read_posts(limit, query)
+    return {"posts": [{k: p[k] for k in ("id", "author", "title", "body", "run_ids", "code_refs")} for p in posts]}
+
+
+def share_code(ctx: ToolContext, idea_file: str) -> dict:
+    return {"code_id": ctx.forum.share_code(ctx.researcher, idea_file, read_file(ctx, idea_file)["content"])}
+
+
+def read_shared_code(ctx: ToolContext, code_id: int) -> dict:
+    found = ctx.forum.read_code(code_id)
+    if found is None:
+        raise ToolError(f"no shared code with id {code_id}")
+    return {"code_id": code_id, "author": found["author"], "name": found["name"], "code": found["code"]}
+
+
+def finish(ctx: ToolContext, summary: str) -> dict:
+    ctx.finished = summary
+    return {"finished": True}
+
+
+TOOLS: dict[str, Callable] = {f.__name__: f for f in (
+    describe_task, sample_data, read_file, write_file, run_shell, run_experiment, leaderboard,
+    post, read_forum, share_code, read_shared_code, finish)}
+
+
+def call_tool(ctx: ToolContext, name: str, arguments: dict, call_id: str) -> tuple[str, bool]:
+    """(JSON result, is_error). Unknown tools, bad arguments and ToolErrors go back to the agent."""
+    if name not in TOOLS:
+        return json.dumps({"error": f"unknown tool {name!r}; tools: {', '.join(TOOLS)}"}), True
+    spec = next(s for s in SPECS if s.name == name)
+    allowed = set(spec.input_schema["properties"])
+    unknown = set(arguments) - allowed
+    missing = set(spec.input_schema["required"]) - set(arguments)
+    if unknown or missing:
+        return json.dumps({"error": f"{name}: unknown arguments {sorted(unknown)}, missing {sorted(missing)}; "
+                                    f"arguments are {sorted(allowed)}"}), True
+    started = time.time()
+    try:
+        extra = {"call_id": call_id} if name == "run_experiment" else {}
+        result = TOOLS[name](ctx, **arguments, **extra)
+        return json.dumps({**result, "seconds": round(time.time() - started, 2)}, default=str), False
+    except (ToolError, BudgetExceeded) as err:
+        return json.dumps({"error": str(err)}), True

@@ -1,0 +1,190 @@
+"""A campaign: from one config, researchers in parallel until a budget is spent, then the
+generalisation check and a report.
+
+    run_campaign(config)  ->  prepare testbeds and caches, start the scorer
+                          ->  one Researcher actor per direction, all running at once
+                          ->  stop at the first cap (wall clock, agent-hours, dollars, experiments)
+                          ->  generalisation: top-k ideas re-run on holdout and held-out testbeds
+                          ->  report (MLflow artifacts + a Markdown file)
+Everything a researcher does is checkpointed, so `resume=True` with the same name continues a
+campaign whose driver died, without repeating or losing an experiment.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import ray
+import yaml
+
+from aar_ray.agents.researcher import BackendConfig, Researcher, ResearcherConfig, ResearcherLimits
+from aar_ray.agents.budget import Budget
+from aar_ray.agents.tools import ToolContext
+from aar_ray.config import TrackingConfig
+from aar_ray.experiments.sweep import connect_ray, prepare
+from aar_ray.forum import Forum, default_url
+from aar_ray.models import StudentConfig, TeacherConfig
+from aar_ray.scoring import ScorerConfig, scorer_actor
+from aar_ray.tracking import Tracker
+
+CONF = Path(__file__).resolve().parents[2] / "conf"
+
+
+@dataclass
+class GeneralisationConfig:
+    top_k: int = 3
+    seeds: list[int] = field(default_factory=lambda: [1, 2, 3])
+    flag_drop: float = 0.15  # flag when holdout PGR is this far below validation PGR
+
+
+@dataclass
+class CampaignLimits:
+    wall_seconds: float = 1800.0
+    agent_hours: float | None = None  # over all researchers
+    dollars: float | None = None
+
+
+@dataclass
+class CampaignConfig:
+    name: str = "laptop"
+    home: str = ".aar"
+    testbed: str = "taxonomy"  # where researchers work and are scored
+    heldout_testbeds: list[str] = field(default_factory=lambda: ["sentiment", "preference"])
+    researchers: int = 3
+    directions: str = ""  # a YAML list of {name, text, candidates}; empty: conf/directions.yaml
+    backend: BackendConfig = field(default_factory=BackendConfig)
+    researcher_limits: ResearcherLimits = field(default_factory=ResearcherLimits)
+    limits: CampaignLimits = field(default_factory=CampaignLimits)
+    generalisation: GeneralisationConfig = field(default_factory=GeneralisationConfig)
+    student: StudentConfig = field(default_factory=StudentConfig)
+    teacher: TeacherConfig = field(default_factory=TeacherConfig)
+    scorer: ScorerConfig = field(default_factory=ScorerConfig)
+    tracking: TrackingConfig = field(default_factory=lambda: TrackingConfig(experiment=""))
+    forum_url: str = ""  # empty: sqlite in the aar home
+
+
+def load_directions(path: str) -> list[dict]:
+    directions = yaml.safe_load(Path(path or CONF / "directions.yaml").read_text())
+    if not directions or not all({"name", "text"} <= set(d) for d in directions):
+        raise ValueError(f"{path}: expected a list of entries with name and text")
+    return directions
+
+
+def researcher_configs(config: CampaignConfig) -> list[ResearcherConfig]:
+    """Researcher i starts from direction i: different starts keep researchers from converging."""
+    directions = load_directions(config.directions)
+    limits = _share_campaign_caps(config)
+    configs = []
+    for i in range(config.researchers):
+        d = directions[i % len(directions)]
+        configs.append(ResearcherConfig(name=f"{d['name']}-{i}", direction=d["text"], testbed=config.testbed,
+                                        backend=config.backend, limits=limits,
+                                        candidates=list(d.get("candidates", []))))
+    return configs
+
+
+def _share_campaign_caps(config: CampaignConfig) -> ResearcherLimits:
+    """Campaign-wide dollars and agent-hours, enforced as an equal share per researcher: each
+    share is checked before every call, so the campaign total can never pass its cap."""
+    limits = ResearcherLimits(**asdict(config.researcher_limits))
+    n = max(1, config.researchers)
+    for own, total in (("max_dollars", config.limits.dollars), ("max_agent_hours", config.limits.agent_hours)):
+        if total is not None:
+            share = total / n
+            setattr(limits, own, share if getattr(limits, own) is None else min(getattr(limits, own), share))
+    return limits
+
+
+def campaign_dir(config: CampaignConfig) -> Path:
+    return Path(config.home).resolve() / "campaigns" / config.name
+
+
+@ray.remote(num_cpus=0)
+class ResearcherActor:
+    """One researcher in its own process. It holds no labels: its tools reach the scorer, which
+    answers in rounded PGR, and its ideas run as sandboxed experiment tasks."""
+
+    def __init__(self, rc: ResearcherConfig, config: CampaignConfig, parent_run_id: str):
+        home = str(Path(config.home).resolve())
+        state_dir = campaign_dir(config) / "researchers" / rc.name
+        tools = ToolContext(
+            researcher=rc.name, campaign=config.name, testbed=config.testbed, home=home,
+            workspace=state_dir / "workspace", scorer=ray.get_actor("aar-scorer", namespace="aar"),
+            forum=Forum(config.forum_url or default_url(home), config.name),
+            tracker=Tracker(config.tracking.uri or None, experiment_name(config)), budget=Budget(),
+            parent_run_id=parent_run_id, student=config.student, teacher=config.teacher)
+        tools.workspace.mkdir(parents=True, exist_ok=True)
+        self.researcher = Researcher(rc, tools, state_dir)
+
+    def run(self) -> dict:
+        return self.researcher.run()
+
+    def status(self) -> dict:
+        return self.researcher.status()
+
+
+def experiment_name(config: CampaignConfig) -> str:
+    return config.tracking.experiment or f"campaign-{config.name}"
+
+
+def _campaign_run(tracker: Tracker, config: CampaignConfig, path: Path) -> str:
+    """The campaign's MLflow parent run, created once and reused on resume."""
+    marker = path / "mlflow_run_id"
+    if marker.exists():
+        return marker.read_text().strip()
+    run_id = tracker.start_parent(f"campaign-{config.name}", {
+        "testbed": config.testbed, "heldout": ",".join(config.heldout_testbeds),
+        "researchers": config.researchers, "backend": config.backend.kind})
+    path.mkdir(parents=True, exist_ok=True)
+    marker.write_text(run_id)
+    return run_id
+
+
+def run_researchers(config: CampaignConfig, parent_run_id: str) -> list[dict]:
+    """Start every researcher and wait until all stop or the wall-clock cap is reached."""
+    actors = [ResearcherActor.options(name=f"researcher-{config.name}-{rc.name}", namespace="aar",
+                                      max_restarts=3, get_if_exists=True).remote(rc, config, parent_run_id)
+              for rc in researcher_configs(config)]
+    pending = {a.run.remote(): a for a in actors}
+    deadline = time.time() + config.limits.wall_seconds
+    statuses = []
+    while pending and time.time() < deadline:
+        done, _ = ray.wait(list(pending), num_returns=1, timeout=max(0.0, deadline - time.time()))
+        for ref in done:
+            pending.pop(ref)
+            try:
+                statuses.append(ray.get(ref))
+            except ray.exceptions.RayError as err:
+                statuses.append({"stopped": f"failed: {err}"})
+    statuses += [{"stopped": "wall-clock cap"} for _ in pending]  # checkpointed: resume continues
+    for actor in actors:
+        ray.kill(actor)
+    return statuses
+
+
+def run_campaign(config: CampaignConfig, resume: bool = False, progress: bool = True) -> dict:
+    from aar_ray.campaign.generalisation import generalisation_check
+    from aar_ray.campaign.report import write_report
+    from aar_ray.config import BaselineConfig
+
+    path = campaign_dir(config)
+    if path.exists() and not resume:
+        raise FileExistsError(f"campaign {config.name!r} exists under {path}; pass --resume to continue "
+                              "it or choose another name")
+    connect_ray()
+    scorer = scorer_actor(config.home, config.scorer, config.teacher, config.student)
+    testbeds = [config.testbed, *config.heldout_testbeds]
+    prepare(BaselineConfig(home=config.home, testbeds=testbeds, seeds=sorted(set(config.generalisation.seeds) | {1, 2, 3, 4, 5}),
+                           student=config.student, teacher=config.teacher, scorer=config.scorer), scorer, progress)
+    tracker = Tracker(config.tracking.uri or None, experiment_name(config))
+    parent = _campaign_run(tracker, config, path)
+    (path / "config.json").write_text(json.dumps(asdict(config), indent=2))
+    started = time.time()
+    statuses = run_researchers(config, parent)
+    forum = Forum(config.forum_url or default_url(Path(config.home).resolve()), config.name)
+    table = generalisation_check(config, forum, tracker, parent)
+    report = write_report(config, forum, tracker, parent, statuses, table, time.time() - started)
+    return {"researchers": statuses, "generalisation": table, "report": str(report)}

@@ -1,0 +1,40 @@
+"""Runs inside the sandbox: load `idea.py` from the working directory, call its run(ctx) through
+the same path as library methods, and write predictions.parquet and metrics.json beside it."""
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pandas as pd
+
+from aar_ray.experiments import ExperimentSpec, run_method
+from aar_ray.models import StudentConfig, TeacherConfig
+
+
+def load_spec(path: Path) -> ExperimentSpec:
+    raw = json.loads(path.read_text())
+    raw["student"], raw["teacher"] = StudentConfig(**raw["student"]), TeacherConfig(**raw["teacher"])
+    return ExperimentSpec(**raw)
+
+
+def load_run(path: Path):
+    module_spec = importlib.util.spec_from_file_location("idea", path)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    if not callable(getattr(module, "run", None)):
+        raise SystemExit("idea.py must define run(ctx) returning P(True)/P(A) for ctx.eval_split")
+    return module.run
+
+
+def main(spec_file: str) -> None:
+    import torch
+
+    torch.set_num_threads(1)
+    result = run_method(load_spec(Path(spec_file)), run=load_run(Path("idea.py")))
+    pd.DataFrame({"id": result.ids, "p": result.probs}).to_parquet("predictions.parquet", index=False)
+    Path("metrics.json").write_text(json.dumps({"logged": result.metrics, "cpu_seconds": result.cpu_seconds}))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])

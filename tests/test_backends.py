@@ -1,0 +1,503 @@
+"""LLM backends and budgets, against a local stub server (no real API is ever called)."""
+
+import json
+import logging
+import pickle
+import threading
+
+import pytest
+from stub_llm_server import (
+    StubLLMServer,
+    anthropic_message,
+    openai_completion,
+    openai_tool_call,
+    text_block,
+    tool_use_block,
+)
+
+from aar_ray.agents.backends import (
+    AnthropicBackend,
+    Backend,
+    BackendRequestError,
+    BudgetedBackend,
+    MissingAPIKeyError,
+    OpenAICompatibleBackend,
+    Prices,
+    RetriesExhausted,
+    RetryPolicy,
+    ToolSpec,
+    Usage,
+    anthropic_request,
+    load_price_table,
+    openai_request,
+    resolve_prices,
+    to_anthropic_messages,
+    tool_result_message,
+    turn_from_anthropic,
+    turn_from_openai,
+    user_message,
+)
+from aar_ray.agents.budget import Budget, BudgetExceeded, CampaignBudget, Spend
+
+SECRET = "sk-ant-test-SECRET123"
+PRICES = Prices(input=3.0, output=15.0, cache_write=3.75, cache_read=0.30)
+READ_FILE = ToolSpec("read_file", "Read a file from the workspace.",
+                     {"type": "object", "properties": {"path": {"type": "string"}},
+                      "required": ["path"]})
+RUN = ToolSpec("run_experiment", "Run an idea on the validation split.",
+               {"type": "object", "properties": {"idea": {"type": "string"}}})
+SYSTEM = "You are a weak-to-strong researcher."
+
+
+class RecordingSleep:
+    def __init__(self):
+        self.waits = []
+
+    def __call__(self, seconds):
+        self.waits.append(seconds)
+
+
+@pytest.fixture
+def stub():
+    with StubLLMServer() as server:
+        yield server
+
+
+@pytest.fixture
+def sleep():
+    return RecordingSleep()
+
+
+@pytest.fixture
+def api_key(monkeypatch):
+    monkeypatch.setenv("ANTHROPIC_API_KEY", SECRET)
+    return SECRET
+
+
+def claude(stub, sleep, max_retries=4, **kwargs):
+    policy = RetryPolicy(max_retries=max_retries, base_delay_s=0.5, sleep=sleep)
+    kwargs.setdefault("timeout", 5)
+    return AnthropicBackend("claude-sonnet-4-6", base_url=stub.url, prices=PRICES,
+                            retry_policy=policy, **kwargs)
+
+
+def open_model(stub, sleep, max_retries=4, **kwargs):
+    policy = RetryPolicy(max_retries=max_retries, base_delay_s=0.5, sleep=sleep)
+    kwargs.setdefault("timeout", 5)
+    return OpenAICompatibleBackend("qwen-open", base_url=stub.url + "/v1", retry_policy=policy,
+                                   **kwargs)
+
+
+def tool_conversation():
+    """user asks; assistant calls two tools; both results come back; the user adds a note."""
+    return [
+        user_message("Find the best method."),
+        {"role": "assistant", "content": "Let me look.",
+         "tool_calls": [{"id": "t1", "name": "read_file", "input": {"path": "a.txt"}},
+                        {"id": "t2", "name": "run_experiment", "input": {"idea": "x"}}]},
+        tool_result_message("t1", "contents of a"),
+        tool_result_message("t2", "crashed", is_error=True),
+        user_message("Budget is half spent."),
+    ]
+
+
+# ---- conversion ---------------------------------------------------------------------------------
+def test_neutral_to_anthropic_merges_tool_results_into_one_user_turn():
+    turns = to_anthropic_messages(tool_conversation())
+    assert [t["role"] for t in turns] == ["user", "assistant", "user"]
+    assert turns[1]["content"] == [
+        {"type": "text", "text": "Let me look."},
+        {"type": "tool_use", "id": "t1", "name": "read_file", "input": {"path": "a.txt"}},
+        {"type": "tool_use", "id": "t2", "name": "run_experiment", "input": {"idea": "x"}}]
+    results = turns[2]["content"]
+    assert [b["type"] for b in results] == ["tool_result", "tool_result", "text"]
+    assert results[0] == {"type": "tool_result", "tool_use_id": "t1", "content": "contents of a",
+                          "is_error": False}
+    assert results[1]["is_error"] is True
+    assert results[2]["text"] == "Budget is half spent."
+
+
+def test_empty_assistant_text_is_not_sent_as_an_empty_block():
+    turns = to_anthropic_messages([user_message("go"), {"role": "assistant", "content": "",
+                                   "tool_calls": [{"id": "t1", "name": "x", "input": {}}]}])
+    assert [b["type"] for b in turns[1]["content"]] == ["tool_use"]
+
+
+def test_anthropic_response_to_turn_and_back():
+    response = anthropic_message([text_block("Reading."),
+                                  tool_use_block("toolu_1", "read_file", {"path": "b.txt"})],
+                                 input_tokens=100, output_tokens=20)
+    turn = turn_from_anthropic(response, PRICES)
+    assert turn.stop_reason == "tool_use" and turn.text == "Reading."
+    assert [(c.id, c.name, c.input, c.error) for c in turn.tool_calls] == [
+        ("toolu_1", "read_file", {"path": "b.txt"}, None)]
+    back = to_anthropic_messages([user_message("q"), turn.to_message()])[1]["content"]
+    assert back == [{"type": "text", "text": "Reading."}, {k: v for k, v in
+                    response["content"][1].items()}]
+
+
+def test_neutral_to_openai_and_back():
+    request = openai_request("m", SYSTEM, tool_conversation(), [READ_FILE], 64)
+    chat = request["messages"]
+    assert chat[0] == {"role": "system", "content": SYSTEM}
+    assert chat[2]["tool_calls"][0] == {"id": "t1", "type": "function", "function": {
+        "name": "read_file", "arguments": json.dumps({"path": "a.txt"})}}
+    assert chat[3] == {"role": "tool", "tool_call_id": "t1", "content": "contents of a"}
+    assert chat[4]["content"] == "ERROR: crashed"
+    assert request["tools"] == [{"type": "function", "function": {
+        "name": "read_file", "description": READ_FILE.description,
+        "parameters": READ_FILE.input_schema}}]
+    turn = turn_from_openai(openai_completion(
+        "ok", [openai_tool_call("c1", "read_file", {"path": "z"})], prompt_tokens=50,
+        completion_tokens=7, cached_tokens=30), PRICES)
+    assert turn.stop_reason == "tool_use"
+    assert turn.tool_calls[0].input == {"path": "z"}
+    assert turn.usage == Usage(input_tokens=20, output_tokens=7, cache_read_tokens=30)
+
+
+# ---- round trips through the stub ---------------------------------------------------------------
+def test_anthropic_tool_use_round_trip(stub, sleep, api_key):
+    stub.push(anthropic_message([tool_use_block("toolu_7", "read_file", {"path": "notes.md"})]))
+    stub.push(anthropic_message([text_block("Done: PGR 0.4.")]))
+    backend = claude(stub, sleep)
+    assert isinstance(backend, Backend)
+    messages = [user_message("Start.")]
+    turn = backend.step(SYSTEM, messages, [READ_FILE], max_tokens=256)
+    assert turn.stop_reason == "tool_use" and turn.tool_calls[0].name == "read_file"
+    messages += [turn.to_message(), tool_result_message("toolu_7", "# notes")]
+    final = backend.step(SYSTEM, messages, [READ_FILE], max_tokens=256)
+    assert final.stop_reason == "end" and final.text == "Done: PGR 0.4."
+    second = stub.requests[1]
+    assert second.path == "/v1/messages" and second.carries(SECRET)
+    sent = second.body["messages"]
+    assert sent[1]["content"][0]["type"] == "tool_use" and sent[1]["content"][0]["id"] == "toolu_7"
+    assert sent[2]["content"][0]["tool_use_id"] == "toolu_7"
+    assert second.body["model"] == "claude-sonnet-4-6" and second.body["max_tokens"] == 256
+
+
+def test_openai_compatible_tool_use_round_trip(stub, sleep):
+    stub.push(openai_completion(None, [openai_tool_call("call_1", "run_experiment", {"idea": "y"})]))
+    stub.push(openai_completion("finished"))
+    backend = open_model(stub, sleep)
+    messages = [user_message("Start.")]
+    turn = backend.step(SYSTEM, messages, [RUN], max_tokens=128)
+    assert turn.stop_reason == "tool_use" and turn.tool_calls[0].input == {"idea": "y"}
+    assert turn.dollars == 0.0  # no price entry for this model: the openai-compatible default
+    messages += [turn.to_message(), tool_result_message("call_1", "PGR 0.3")]
+    assert backend.step(SYSTEM, messages, [RUN], max_tokens=128).text == "finished"
+    second = stub.requests[1]
+    assert second.path == "/v1/chat/completions" and "authorization" not in second.headers
+    assert second.body["messages"][2]["tool_calls"][0]["id"] == "call_1"
+    assert second.body["messages"][3] == {"role": "tool", "tool_call_id": "call_1",
+                                          "content": "PGR 0.3"}
+
+
+# ---- retries ------------------------------------------------------------------------------------
+def test_anthropic_retries_529_then_429_with_retry_after_then_succeeds(stub, sleep, api_key):
+    stub.push_error(529)
+    stub.push_error(429, retry_after=0)
+    stub.push(anthropic_message([tool_use_block("toolu_1", "read_file", {"path": "a"})]))
+    turn = claude(stub, sleep).step(SYSTEM, [user_message("go")], [READ_FILE], 64)
+    assert turn.tool_calls[0].input == {"path": "a"}
+    assert len(stub.requests) == 3
+    backoff, honoured = sleep.waits
+    assert 0.25 <= backoff <= 0.5  # first retry: base 0.5 s with jitter in [0.5, 1]
+    assert honoured == 0  # retry-after: 0 is obeyed exactly
+
+
+@pytest.mark.parametrize("status", [500, 502, 503])
+def test_openai_retries_server_errors(stub, sleep, status):
+    stub.push_error(status)
+    stub.push_error(status, retry_after=2)
+    stub.push(openai_completion("ok"))
+    assert open_model(stub, sleep).step(SYSTEM, [user_message("go")], [], 16).text == "ok"
+    assert len(stub.requests) == 3 and sleep.waits[1] == 2
+
+
+def test_connection_errors_are_retried(stub, sleep, api_key):
+    stub.push_disconnect()
+    stub.push(anthropic_message([text_block("back")]))
+    assert claude(stub, sleep).step(SYSTEM, [user_message("go")], [], 16).text == "back"
+    stub.push_disconnect()
+    stub.push(openai_completion("back too"))
+    assert open_model(stub, sleep).step(SYSTEM, [user_message("go")], [], 16).text == "back too"
+    assert len(sleep.waits) == 2
+
+
+def test_timeouts_are_retried(stub, sleep, api_key):
+    for make in (claude, open_model):
+        stub.push(openai_completion("late") if make is open_model else
+                  anthropic_message([text_block("late")]), delay_s=0.6)
+        stub.push(openai_completion("in time") if make is open_model else
+                  anthropic_message([text_block("in time")]))
+        backend = make(stub, sleep, timeout=0.2)
+        assert backend.step(SYSTEM, [user_message("go")], [], 16).text == "in time"
+    assert len(sleep.waits) == 2 and len(stub.requests) == 4
+
+
+def test_gives_up_after_max_retries_with_a_clear_error(stub, sleep, api_key):
+    for _ in range(3):
+        stub.push_error(529, message="Overloaded")
+    with pytest.raises(RetriesExhausted, match=r"gave up after 3 attempts.*529") as caught:
+        claude(stub, sleep, max_retries=2).step(SYSTEM, [user_message("go")], [], 16)
+    assert caught.value.attempts == 3 and caught.value.last_status == 529
+    assert len(stub.requests) == 3 and len(sleep.waits) == 2
+    assert 0.25 <= sleep.waits[0] <= 0.5 <= sleep.waits[1] <= 1.0  # the backoff doubles
+
+
+def test_client_errors_are_not_retried(stub, sleep, api_key):
+    stub.push_error(400, message="messages: bad shape")
+    with pytest.raises(BackendRequestError, match="HTTP 400 messages: bad shape"):
+        claude(stub, sleep).step(SYSTEM, [user_message("go")], [], 16)
+    assert len(stub.requests) == 1 and sleep.waits == []
+
+
+def test_backoff_is_exponential_and_capped():
+    policy = RetryPolicy(base_delay_s=1, max_delay_s=8, rng=FixedRandom(1.0))
+    assert [policy.delay_s(k, None) for k in range(6)] == [1, 2, 4, 8, 8, 8]
+    assert policy.delay_s(0, 30.0) == 30.0
+    assert RetryPolicy(max_retry_after_s=10).delay_s(0, 3600) == 10
+
+
+class FixedRandom:
+    def __init__(self, value):
+        self.value = value
+
+    def random(self):
+        return self.value
+
+
+# ---- usage, prices, caching ---------------------------------------------------------------------
+def test_usage_to_dollars_with_the_price_table(stub, sleep, api_key):
+    stub.push(anthropic_message([text_block("hi")], input_tokens=1_000, output_tokens=2_000,
+                                cache_read_input_tokens=100_000,
+                                cache_creation_input_tokens=10_000))
+    turn = claude(stub, sleep).step(SYSTEM, [user_message("go")], [], 16)
+    assert turn.usage == Usage(1_000, 2_000, 100_000, 10_000)
+    expected = (1_000 * 3.0 + 2_000 * 15.0 + 100_000 * 0.30 + 10_000 * 3.75) / 1e6
+    assert turn.dollars == pytest.approx(expected)
+    assert turn.usage.total_tokens == 113_000
+
+
+def test_price_table_file_and_lookup(api_key):
+    table = load_price_table()
+    for model in ("claude-opus-4-6", "claude-sonnet-4-6", "openai-compatible"):
+        assert model in table
+    assert table["claude-opus-4-6"].output > table["claude-opus-4-6"].input > 0
+    assert table["openai-compatible"] == Prices(0, 0, 0, 0)
+    assert resolve_prices(None, "claude-sonnet-4-5-20250929") == table["claude-sonnet-4-5"]
+    with pytest.raises(KeyError, match="no price for model 'claude-opus-4-7'"):
+        resolve_prices(None, "claude-opus-4-7")  # an unknown version is not priced as another
+    with pytest.raises(KeyError):
+        AnthropicBackend("claude-unknown-9")
+    assert resolve_prices({"input": 1, "output": 2, "cache_write": 3, "cache_read": 4}, "x") \
+        == Prices(1, 2, 3, 4)
+
+
+def test_cache_control_on_tools_system_and_last_message(stub, sleep, api_key):
+    stub.push(anthropic_message([text_block("ok")]))
+    claude(stub, sleep).step(SYSTEM, tool_conversation(), [READ_FILE, RUN], 16)
+    body = stub.requests[0].body
+    ephemeral = {"type": "ephemeral"}
+    assert "cache_control" not in body["tools"][0]
+    assert body["tools"][-1]["cache_control"] == ephemeral
+    assert body["system"] == [{"type": "text", "text": SYSTEM, "cache_control": ephemeral}]
+    last_blocks = body["messages"][-1]["content"]
+    assert last_blocks[-1]["cache_control"] == ephemeral
+    marked = [b for m in body["messages"] for b in m["content"] if "cache_control" in b]
+    assert len(marked) == 1  # 3 breakpoints in all, within the API's limit of 4
+
+
+def test_prompt_caching_can_be_turned_off():
+    request = anthropic_request("m", SYSTEM, [user_message("x")], [READ_FILE], 8, prompt_caching=False)
+    assert "cache_control" not in json.dumps(request)
+
+
+# ---- truncation and malformed tool calls ---------------------------------------------------------
+def test_truncated_anthropic_reply_keeps_complete_parts(stub, sleep, api_key):
+    stub.push(anthropic_message([text_block("Plan: read two files."),
+                                 tool_use_block("t1", "read_file", {"path": "a"}),
+                                 tool_use_block("t2", "read_file", {"pa": "b"})],
+                                stop_reason="max_tokens"))
+    turn = claude(stub, sleep).step(SYSTEM, [user_message("go")], [READ_FILE], 32)
+    assert turn.stop_reason == "max_tokens" and turn.text == "Plan: read two files."
+    complete, cut = turn.tool_calls
+    assert complete.error is None and complete.input == {"path": "a"}
+    assert "max_tokens" in cut.error and cut.input == {}
+    assert turn.error_results() == [tool_result_message("t2", cut.error, is_error=True)]
+
+
+def test_truncated_text_only_reply(stub, sleep):
+    stub.push(openai_completion("half a sent", finish_reason="length"))
+    turn = open_model(stub, sleep).step(SYSTEM, [user_message("go")], [], 4)
+    assert turn.stop_reason == "max_tokens" and turn.text == "half a sent" and turn.tool_calls == []
+
+
+def test_malformed_openai_arguments_become_tool_call_errors(stub, sleep):
+    stub.push(openai_completion(None, [openai_tool_call("c1", "read_file", '{"path": "a'),
+                                       openai_tool_call("c2", "read_file", "[1, 2]"),
+                                       openai_tool_call("c3", "read_file", {"path": "ok"})]))
+    turn = open_model(stub, sleep).step(SYSTEM, [user_message("go")], [READ_FILE], 64)
+    bad_json, not_object, good = turn.tool_calls
+    assert "not valid JSON" in bad_json.error and bad_json.input == {}
+    assert "JSON object" in not_object.error
+    assert good.error is None and good.input == {"path": "ok"}
+    assert [m["tool_call_id"] for m in turn.error_results()] == ["c1", "c2"]
+    assert all(m["is_error"] for m in turn.error_results())
+
+
+def test_malformed_anthropic_tool_input_is_a_tool_call_error(stub, sleep, api_key):
+    stub.push(anthropic_message([tool_use_block("t1", "read_file", '{"path": ')]))
+    turn = claude(stub, sleep).step(SYSTEM, [user_message("go")], [READ_FILE], 64)
+    assert turn.stop_reason == "tool_use"
+    assert "not valid JSON" in turn.tool_calls[0].error and turn.tool_calls[0].input == {}
+
+
+# ---- keys and secrets ---------------------------------------------------------------------------
+def test_missing_key_names_the_variable(monkeypatch):
+    monkeypatch.delenv("ANTHROPIC_API_KEY", raising=False)
+    with pytest.raises(MissingAPIKeyError, match="ANTHROPIC_API_KEY"):
+        AnthropicBackend("claude-sonnet-4-6")
+    with pytest.raises(MissingAPIKeyError, match="MY_VLLM_TOKEN"):
+        OpenAICompatibleBackend("m", "http://127.0.0.1:9/v1", api_key_env="MY_VLLM_TOKEN")
+
+
+def test_secret_never_leaks(stub, sleep, monkeypatch, caplog):
+    monkeypatch.setenv("ANTHROPIC_API_KEY", SECRET)
+    monkeypatch.setenv("VLLM_TOKEN", SECRET)
+    caplog.set_level(logging.DEBUG)  # the SDK and HTTP client log requests at DEBUG
+    backends = [claude(stub, sleep, max_retries=1), open_model(stub, sleep, max_retries=1,
+                                                              api_key_env="VLLM_TOKEN")]
+    messages = []
+    for backend in backends:
+        # a server that echoes the key back in its error message, a retry, a give-up, a 401
+        stub.push_error(529, message=f"overloaded for key {SECRET}")
+        stub.push_disconnect()
+        stub.push_error(401, message=f"invalid x-api-key {SECRET}")
+        for _ in range(2):
+            with pytest.raises(Exception) as caught:
+                backend.step(SYSTEM, [user_message("go")], [], 16)
+            messages += [str(caught.value), repr(caught.value)]
+            assert caught.value.__cause__ is None and caught.value.__context__ is None
+        messages += [repr(backend), str(backend), repr(vars(backend))]
+    assert any("401" in m for m in messages) and any("gave up" in m for m in messages)
+    assert stub.requests[0].carries(SECRET) and stub.requests[-1].carries(SECRET)  # keys in use
+    logged = "\n".join(r.getMessage() + str(r.args) for r in caplog.records) + caplog.text
+    for text in messages + [logged]:
+        assert SECRET not in text
+
+
+# ---- budgets ------------------------------------------------------------------------------------
+def test_budget_refuses_before_the_call(stub, sleep, api_key):
+    stub.push(anthropic_message([text_block("never sent")]))
+    backend = claude(stub, sleep)
+    tokens, dollars = backend.estimate_cost(SYSTEM, [user_message("go")], [READ_FILE], 4096)
+    assert tokens > 4096 and dollars >= 4096 * 15.0 / 1e6
+    budget = Budget(max_dollars=dollars / 2)
+    with pytest.raises(BudgetExceeded) as caught:
+        BudgetedBackend(backend, budget).step(SYSTEM, [user_message("go")], [READ_FILE], 4096)
+    assert caught.value.which == "dollars" and caught.value.cap == dollars / 2
+    assert caught.value.used == 0 and caught.value.requested == pytest.approx(dollars)
+    assert stub.requests == []  # refused before anything was sent
+    assert budget.spent == Spend() and budget.committed() == Spend()
+
+
+def test_budget_charges_actual_usage_after_the_call(stub, sleep, api_key):
+    stub.push(anthropic_message([text_block("hi")], input_tokens=40, output_tokens=10,
+                                cache_read_input_tokens=500))
+    budget = Budget(max_tokens=1_000_000, max_dollars=10.0)
+    turn = BudgetedBackend(claude(stub, sleep), budget).step(SYSTEM, [user_message("go")], [], 64)
+    assert budget.spent.tokens == 550 == turn.usage.total_tokens
+    assert budget.spent.dollars == pytest.approx(turn.dollars) and turn.dollars > 0
+    assert budget.committed() == budget.spent  # the reservation is gone
+
+
+def test_failed_call_releases_its_reservation(stub, sleep, api_key):
+    stub.push_error(400)
+    budget = Budget(max_dollars=10.0)
+    with pytest.raises(BackendRequestError):
+        BudgetedBackend(claude(stub, sleep), budget).step(SYSTEM, [user_message("go")], [], 64)
+    assert budget.committed() == Spend()
+
+
+def test_budget_check_charge_and_checkpoint():
+    budget = Budget(max_tokens=100, max_experiments=2, max_agent_hours=1.5, name="r1")
+    budget.check(tokens=100)
+    budget.charge(tokens=60, experiments=1, hours=1.0)
+    with pytest.raises(BudgetExceeded, match=r"r1: tokens budget exceeded: used 60 \+ requested 41"):
+        budget.check(tokens=41)
+    budget.check(tokens=40, experiments=1, hours=0.5)
+    with pytest.raises(BudgetExceeded) as caught:
+        budget.check(experiments=2)
+    assert (caught.value.which, caught.value.used, caught.value.cap) == ("experiments", 1, 2)
+    restored = Budget.from_dict(json.loads(json.dumps(budget.to_dict())))
+    assert restored.spent == budget.spent and restored.caps == budget.caps
+    assert pickle.loads(pickle.dumps(budget)).spent == budget.spent
+    error = pickle.loads(pickle.dumps(caught.value))
+    assert (error.which, error.scope, str(error)) == ("experiments", "r1", str(caught.value))
+    budget.charge(tokens=50)  # charging never refuses; the overshoot exhausts the budget
+    assert budget.exhausted() == "tokens" and budget.remaining()["tokens"] == 0
+
+
+def test_campaign_budget_needs_both_caps_and_aggregates():
+    campaign = CampaignBudget(max_dollars=10.0, per_researcher={"max_dollars": 6.0})
+    campaign.add_researcher("alice")
+    campaign.add_researcher("bob")
+    campaign.add_researcher("carol", max_dollars=1.0)
+    alice, bob, carol = (campaign.for_researcher(n) for n in ("alice", "bob", "carol"))
+    alice.charge(dollars=5.0, tokens=100)
+    with pytest.raises(BudgetExceeded) as own_cap:
+        alice.check(dollars=1.5)  # alice's own cap (6) goes first
+    assert own_cap.value.scope == "alice"
+    bob.charge(dollars=4.0, tokens=50)
+    with pytest.raises(BudgetExceeded) as campaign_cap:
+        bob.check(dollars=1.5)  # within bob's 6, but 9 + 1.5 passes the campaign's 10
+    assert campaign_cap.value.scope == "campaign" and campaign_cap.value.used == 9.0
+    with pytest.raises(BudgetExceeded, match="carol"):
+        carol.reserve(dollars=2.0)
+    assert campaign.total.committed() == campaign.spent  # a refused hold leaves nothing behind
+    assert campaign.spent == Spend(tokens=150, dollars=9.0)
+    by_researcher = campaign.spend_by_researcher()
+    assert sum(s.dollars for s in by_researcher.values()) == campaign.spent.dollars
+    restored = CampaignBudget.from_dict(json.loads(json.dumps(campaign.to_dict())))
+    assert restored.spend_by_researcher() == by_researcher and restored.spent == campaign.spent
+    with pytest.raises(BudgetExceeded):
+        restored.check("bob", dollars=1.5)
+    with pytest.raises(KeyError, match="dave"):
+        campaign.for_researcher("dave")
+
+
+def test_campaign_budget_through_a_budgeted_backend(stub, sleep):
+    campaign = CampaignBudget(max_tokens=100)
+    campaign.add_researcher("alice")
+    stub.push(openai_completion("hi", prompt_tokens=30, completion_tokens=10))
+    backend = BudgetedBackend(open_model(stub, sleep), campaign.for_researcher("alice"))
+    with pytest.raises(BudgetExceeded, match="campaign: tokens"):
+        backend.step(SYSTEM, [user_message("go")], [], max_tokens=16)
+    assert stub.requests == []
+    campaign.total.caps["tokens"] = 10_000
+    backend.step(SYSTEM, [user_message("go")], [], max_tokens=16)
+    assert campaign.spent.tokens == 40 == campaign.researcher_budget("alice").spent.tokens
+
+
+def test_concurrent_reservations_never_pass_a_cap():
+    budget = Budget(max_dollars=1.0)
+    granted = []
+    barrier = threading.Barrier(16)
+
+    def worker():
+        barrier.wait()
+        for _ in range(50):
+            try:
+                hold = budget.reserve(dollars=0.03)
+            except BudgetExceeded:
+                continue
+            granted.append(hold)
+            budget.settle(hold, dollars=0.03)
+
+    threads = [threading.Thread(target=worker) for _ in range(16)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(granted) == 33 and budget.spent.dollars == pytest.approx(0.99)

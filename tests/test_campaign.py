@@ -1,0 +1,96 @@
+"""Campaigns end to end through `aar campaign`: search researchers, generalisation, report, and
+resume after the driver is killed mid-campaign with nothing lost or counted twice."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import mlflow
+import pandas as pd
+import pytest
+
+from aar_ray.config import load_config
+from aar_ray.campaign import CampaignConfig
+
+CONF = Path(__file__).resolve().parents[1] / "conf"
+SMALL_CAMPAIGN = ["testbed=tax-small", "heldout_testbeds=[pref-small]", "researchers=2",
+                  "researcher_limits.max_experiments=3", "generalisation.top_k=2",
+                  "generalisation.seeds=[1,2]", "scorer.baseline_seeds=2"]
+
+
+def aar_command(home, workdir, name, *extra):
+    return [sys.executable, "-m", "aar_ray.cli", "campaign", "--config", str(CONF / "campaign" / "laptop.yaml"),
+            "--home", str(home), f"name={name}", *SMALL_CAMPAIGN, *extra]
+
+
+def _env():
+    env = {**os.environ}
+    env.pop("RAY_ADDRESS", None)
+    env.pop("MLFLOW_TRACKING_URI", None)
+    return env
+
+
+@pytest.mark.parametrize("preset", ["laptop", "paper", "open_model"])
+def test_presets_load_and_validate(preset):
+    config = load_config(CampaignConfig, CONF / "campaign" / f"{preset}.yaml")
+    assert config.researchers >= 3 and config.backend.kind in ("search", "anthropic", "openai")
+
+
+def test_laptop_campaign_runs_checks_generalisation_and_writes_a_report(small_home, tmp_path):
+    proc = subprocess.run(aar_command(small_home, tmp_path, "ci"), cwd=tmp_path, env=_env(),
+                          capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report_dir = small_home / "campaigns" / "ci" / "report"
+    report = (report_dir / "report.md").read_text()
+    for section in ("## PGR over time", "## Leaderboard", "## Generalisation", "## Cost", "## Lineage"):
+        assert section in report
+    assert (report_dir / "pgr_over_time.png").stat().st_size > 1000
+    table = json.loads((report_dir / "generalisation.json").read_text())
+    assert len(table) == 2 and all("pref-small_holdout_pgr" in row for row in table)
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    runs = mlflow.search_runs(experiment_names=["campaign-ci"])
+    assert {"baseline"} - set(runs["tags.submitter"].dropna()) == {"baseline"}  # only researchers and operator
+    holdout = runs[runs["tags.split"] == "holdout"]
+    assert len(holdout) == 2 * 2 * 2  # top-2 ideas x 2 testbeds x 2 seeds
+    parent = runs[runs["tags.mlflow.runName"] == "campaign-ci"]
+    artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(parent["run_id"].iloc[0])}
+    assert {"report.md", "pgr_over_time.png", "generalisation.json", "cost.json"} <= artifacts
+
+
+def test_killed_driver_resumes_without_losing_or_repeating_experiments(small_home, tmp_path):
+    driver = subprocess.Popen(aar_command(small_home, tmp_path, "crash"), cwd=tmp_path, env=_env(),
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    forum_db = small_home / "forum.db"
+    deadline = time.time() + 600
+    while time.time() < deadline:  # wait for the first recorded experiment, then kill everything
+        time.sleep(1)
+        if forum_db.exists() and len(_results(forum_db, "crash")) > 0:
+            break
+    os.killpg(driver.pid, signal.SIGKILL)
+    driver.wait()
+    before = len(_results(forum_db, "crash"))
+    assert before >= 1
+    proc = subprocess.run(aar_command(small_home, tmp_path, "crash", "--resume"), cwd=tmp_path,
+                          env=_env(), capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = _results(forum_db, "crash")
+    assert len(results) == len(set(results["call_key"])) == 2 * 3  # every experiment exactly once
+    # the scorer's audit log, MLflow and the forum agree on the researchers' validation runs
+    audit = pd.read_json(small_home / "sealed" / "audit.jsonl", lines=True)
+    researchers = set(results["researcher"])
+    scored = audit[(audit["outcome"] == "scored") & audit["submitter"].isin(researchers)]
+    seeds_in_forum = sum(len(s.split(",")) for s in results["seeds"])
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    runs = mlflow.search_runs(experiment_names=["campaign-crash"], filter_string="tags.split = 'validation'")
+    assert len(scored) == seeds_in_forum == len(runs)
+
+
+def _results(db, campaign):
+    import sqlite3
+
+    with sqlite3.connect(db) as conn:
+        return pd.read_sql("select * from results where campaign = ?", conn, params=(campaign,))

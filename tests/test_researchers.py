@@ -1,0 +1,112 @@
+"""Researchers end to end on a local Ray: the search researcher through the real tools, scorer,
+forum and MLflow; resume without repeating an experiment; ideas run in the sandbox."""
+
+import json
+
+import mlflow
+import pytest
+
+from aar_ray.agents.budget import Budget
+from aar_ray.agents.researcher import Researcher, ResearcherConfig, ResearcherLimits
+from aar_ray.agents.tools import ToolContext, call_tool
+from aar_ray.forum import Forum
+from aar_ray.models import StudentConfig
+from aar_ray.scoring import ScorerConfig, scorer_actor
+from aar_ray.tracking import Tracker
+
+QUICK = StudentConfig()
+
+
+@pytest.fixture(scope="module")
+def world(local_ray, small_home, tmp_path_factory):
+    from aar_ray.experiments.sweep import prepare
+    from aar_ray.config import BaselineConfig
+
+    scorer = scorer_actor(small_home, ScorerConfig(baseline_seeds=2), student=QUICK)
+    config = BaselineConfig(home=str(small_home), testbeds=["tax-small"], seeds=[1, 2, 3, 4, 5], student=QUICK)
+    config.scorer.baseline_seeds = 2
+    prepare(config, scorer, progress=False)
+    uri = f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}"
+    return {"scorer": scorer, "home": small_home, "uri": uri}
+
+
+def _tools(world, name, campaign, tmp_path):
+    return ToolContext(researcher=name, campaign=campaign, testbed="tax-small", home=str(world["home"]),
+                       workspace=tmp_path / name / "workspace", scorer=world["scorer"],
+                       forum=Forum(f"sqlite:///{tmp_path / 'forum.db'}", campaign),
+                       tracker=Tracker(world["uri"], campaign), budget=Budget(), student=QUICK)
+
+
+def _search(name, limits=ResearcherLimits(max_experiments=20)):
+    return ResearcherConfig(name=name, direction="data selection", testbed="tax-small",
+                            candidates=["vanilla_w2s", "zero_shot_prior", "confident_only"], limits=limits)
+
+
+def test_search_researcher_halves_its_candidates_posts_and_finishes(world, tmp_path):
+    tools = _tools(world, "search-0", "c1", tmp_path)
+    status = Researcher(_search("search-0"), tools, tmp_path / "search-0").run()
+    assert status["stopped"].startswith("finished")
+    results = tools.forum.results()
+    # 3 candidates on seed 1, the best one (3 // 2 = 1 survivor) on seeds 2-3, then on 4-5
+    assert [r["seeds"] for r in results] == ["1", "1", "1", "2,3", "4,5"]
+    assert results[-1]["idea"] == "zero_shot_prior"  # the taxonomy prior is the best by far
+    assert "zero_shot_prior" in tools.forum.read_posts()[0]["title"]
+    mlflow.set_tracking_uri(world["uri"])
+    runs = mlflow.search_runs(experiment_names=["c1"])
+    assert len(runs) == 3 + 2 + 2 and set(runs["tags.submitter"]) == {"search-0"}
+
+
+def test_experiment_budget_is_enforced_before_running(world, tmp_path):
+    tools = _tools(world, "search-1", "c2", tmp_path)
+    status = Researcher(_search("search-1", ResearcherLimits(max_experiments=2)), tools, tmp_path / "s1").run()
+    assert len(tools.forum.results()) == 2
+    assert status["spent"]["experiments"] == 2 and status["stopped"].startswith("finished")
+
+
+def test_a_restarted_researcher_resumes_without_repeating_an_experiment(world, tmp_path):
+    tools = _tools(world, "search-2", "c3", tmp_path)
+    first = Researcher(_search("search-2"), tools, tmp_path / "s2")
+    for _ in range(2):
+        first.step()
+    # simulate a crash after the turn was saved but before its experiment finished recording
+    state = json.loads((tmp_path / "s2" / "state.json").read_text())
+    state["messages"] = state["messages"][:-1]
+    (tmp_path / "s2" / "state.json").write_text(json.dumps(state))
+    resumed = Researcher(_search("search-2"), _tools(world, "search-2", "c3", tmp_path), tmp_path / "s2")
+    resumed.run()
+    keys = [r["call_key"] for r in tools.forum.results()]
+    assert len(keys) == len(set(keys)) == 5
+
+
+def test_ideas_run_sandboxed_and_cannot_read_sealed_labels(world, tmp_path):
+    tools = _tools(world, "llm-0", "c4", tmp_path)
+    sealed = world["home"] / "sealed" / "tax-small" / "validation.parquet"
+    call_tool(tools, "write_file", {"path": "peek.py", "content": f'''
+import pathlib
+def run(ctx):
+    ctx.log("sealed_visible", float(pathlib.Path({str(sealed)!r}).exists()))
+    import aar_ray.testbeds.lexicon as lex
+    ctx.log("lexicon_names", float(len([n for n in dir(lex) if n.isupper()])))
+    return ctx.new_student().fit("train_unlabel", ctx.weak_targets()).predict_proba(ctx.eval_split)
+'''}, "w1")
+    content, is_error = call_tool(tools, "run_experiment", {"idea_file": "peek.py", "seeds": [1]}, "e1")
+    assert not is_error, content
+    result = json.loads(content)
+    run = mlflow.MlflowClient(world["uri"]).get_run(result["run_ids"][0])
+    assert run.data.metrics["method.sealed_visible"] == 0.0
+    assert run.data.metrics["method.lexicon_names"] == 0.0
+    assert run.data.tags["aar_kind"] == "experiment" and run.data.params["kind"] == "idea"
+
+
+def test_tool_mistakes_come_back_as_errors_the_agent_can_act_on(world, tmp_path):
+    tools = _tools(world, "llm-1", "c5", tmp_path)
+    cases = [("no_such_tool", {}, "unknown tool"),
+             ("read_file", {"path": "../../etc/passwd"}, "outside your workspace"),
+             ("run_experiment", {"seeds": [1]}, "exactly one of idea_file"),
+             ("run_experiment", {"method": "majority", "seeds": [1]}, "unknown method"),
+             ("sample_data", {"split": "validation"}, "missing ['n']")]
+    for name, args, message in cases:
+        content, is_error = call_tool(tools, name, args, "x")
+        assert is_error and message in json.loads(content)["error"], (name, content)
+    sample = json.loads(call_tool(tools, "sample_data", {"split": "validation", "n": 3}, "y")[0])
+    assert "label" not in sample["columns"] and len(sample["sample"]) == 3
