@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from pathlib import Path
+
+from aar_ray.config import ConfigError
 
 DESCRIPTION = """\
 aar_ray runs weak-to-strong (W2S) experiments on a Ray cluster and scores them by PGR,
@@ -90,16 +93,33 @@ def build_parser() -> argparse.ArgumentParser:
     camp = sub.add_parser("campaign", help="researchers in parallel until a budget is spent, then "
                           "the generalisation check and a report",
                           description="Run a campaign from a preset in conf/campaign/ (laptop: three "
-                          "offline search researchers on the CPU testbeds). Overrides as key=value.")
+                          "offline search researchers on the CPU testbeds). Overrides as key=value. "
+                          "For a running campaign: `aar campaign status|pause|stop|continue --name N "
+                          "[--researcher R]`.")
     camp.add_argument("--config", type=Path, default=None, help="e.g. conf/campaign/laptop.yaml")
     camp.add_argument("--resume", action="store_true", help="continue the campaign of the same name")
-    camp.add_argument("overrides", nargs="*", help="e.g. researchers=5 researcher_limits.max_experiments=10")
+    camp.add_argument("--name", default=None, help="the campaign for status/pause/stop/continue")
+    camp.add_argument("--researcher", default=None, help="pause/stop/continue only this researcher")
+    camp.add_argument("overrides", nargs="*", help="status|pause|stop|continue, or overrides such as "
+                      "researchers=5 researcher_limits.max_experiments=10")
     _common(camp)
+
+    dq = sub.add_parser("disqualify", help="remove a result from a campaign's leaderboard, with the reason")
+    dq.add_argument("result_id", type=int, help="the id shown by `aar report` / the forum's results")
+    dq.add_argument("--campaign", required=True)
+    dq.add_argument("--reason", required=True)
+    _common(dq)
 
     rep = sub.add_parser("report", help="print the report of a finished campaign")
     rep.add_argument("campaign")
     _common(rep)
     return parser
+
+
+def _location_overrides(args) -> list[str]:
+    """--home and --tracking-uri as config overrides, so flags and YAML keys meet in one place."""
+    return ([f"home={args.home}"] if args.home else []) + \
+        ([f"tracking.uri={args.tracking_uri}"] if args.tracking_uri else [])
 
 
 def _home(args) -> str:
@@ -138,10 +158,7 @@ def cmd_baseline(args) -> int:
         overrides.append(f"methods=[{','.join(args.method)}]")
     if args.seeds:
         overrides.append(f"seeds=[{','.join(map(str, args.seeds))}]")
-    if args.home:
-        overrides.append(f"home={args.home}")
-    if args.tracking_uri:
-        overrides.append(f"tracking.uri={args.tracking_uri}")
+    overrides += _location_overrides(args)
     config = load_config(BaselineConfig, args.config, overrides)
     table = run_sweep(config)
     print(format_leaderboard(table))
@@ -182,15 +199,25 @@ def cmd_methods(args) -> int:
     return 0
 
 
+CAMPAIGN_ACTIONS = {"status": None, "pause": "pause", "stop": "stop", "continue": "run"}
+
+
 def cmd_campaign(args) -> int:
-    from aar_ray.campaign import CampaignConfig, run_campaign
+    from aar_ray.campaign import CampaignConfig, campaign_status, run_campaign, set_control
     from aar_ray.config import load_config
 
+    if args.overrides and args.overrides[0] in CAMPAIGN_ACTIONS:
+        action = args.overrides[0]
+        if not args.name:
+            raise ConfigError(f"aar campaign {action} needs --name")
+        if action == "status":
+            for row in campaign_status(_home(args), args.name):
+                print(json.dumps(row))
+        else:
+            print(json.dumps(set_control(_home(args), args.name, CAMPAIGN_ACTIONS[action], args.researcher)))
+        return 0
     overrides = list(args.overrides)
-    if args.home:
-        overrides.append(f"home={args.home}")
-    if args.tracking_uri:
-        overrides.append(f"tracking.uri={args.tracking_uri}")
+    overrides += _location_overrides(args)
     config = load_config(CampaignConfig, args.config, overrides)
     outcome = run_campaign(config, resume=args.resume)
     print(Path(outcome["report"]).read_text())
@@ -207,19 +234,35 @@ def cmd_report(args) -> int:
     return 0
 
 
-COMMANDS = {"campaign": cmd_campaign, "report": cmd_report, "testbed": cmd_testbed, "baseline": cmd_baseline, "leaderboard": cmd_leaderboard,
+def cmd_disqualify(args) -> int:
+    from aar_ray.forum import Forum, default_url
+    from aar_ray.tracking import resolve_tracking_uri
+    from mlflow import MlflowClient
+
+    forum = Forum(default_url(_home(args)), args.campaign)
+    row = next((r for r in forum.results() if r["id"] == args.result_id), None)
+    if row is None:
+        raise ConfigError(f"no result {args.result_id} in campaign {args.campaign!r}")
+    forum.disqualify(args.result_id, args.reason)
+    client = MlflowClient(resolve_tracking_uri(args.tracking_uri))
+    for run_id in json.loads(row["run_ids"]):
+        client.set_tag(run_id, "disqualified", args.reason)
+    print(f"disqualified result {args.result_id} ({row['idea']} by {row['researcher']}): {args.reason}")
+    return 0
+
+
+COMMANDS = {"campaign": cmd_campaign, "disqualify": cmd_disqualify, "report": cmd_report, "testbed": cmd_testbed, "baseline": cmd_baseline, "leaderboard": cmd_leaderboard,
             "score-holdout": cmd_score_holdout, "ui": cmd_ui, "methods": cmd_methods}
 
 
 def main(argv: list[str] | None = None) -> int:
-    from aar_ray.config import ConfigError
     from aar_ray.scoring import ScoreError
     from aar_ray.testbeds import TestbedError
 
     args = build_parser().parse_args(argv)
     try:
         return COMMANDS[args.command](args)
-    except (ConfigError, TestbedError, ScoreError, FileExistsError) as err:
+    except (ConfigError, TestbedError, ScoreError, FileExistsError, FileNotFoundError) as err:
         print(f"aar {args.command}: error: {err}", file=sys.stderr)
         return 2
 

@@ -94,3 +94,23 @@ def _results(db, campaign):
 
     with sqlite3.connect(db) as conn:
         return pd.read_sql("select * from results where campaign = ?", conn, params=(campaign,))
+
+
+def test_operator_can_pause_stop_and_inspect_a_campaign(small_home, tmp_path):
+    from aar_ray.agents.budget import Budget
+    from aar_ray.agents.researcher import Researcher, ResearcherConfig
+    from aar_ray.agents.tools import ToolContext
+    from aar_ray.campaign import campaign_status, control_path, set_control
+
+    name = "operated"
+    state_dir = small_home / "campaigns" / name / "researchers" / "r0"
+    state_dir.mkdir(parents=True)
+    tools = ToolContext(researcher="r0", campaign=name, testbed="tax-small", home=str(small_home),
+                        workspace=state_dir / "workspace", scorer=None, forum=None, tracker=None, budget=Budget())
+    researcher = Researcher(ResearcherConfig("r0", "anything", "tax-small"), tools, state_dir,
+                            control_path(small_home, name))
+    set_control(str(small_home), name, "stop", researcher="r0")
+    assert researcher.run()["stopped"] == "stopped by the operator"
+    assert campaign_status(str(small_home), name)[0]["stopped"] == "stopped by the operator"
+    with pytest.raises(ValueError, match="allowed: run, pause, stop"):
+        set_control(str(small_home), name, "explode")

@@ -74,9 +74,11 @@ def make_backend(config: ResearcherConfig):
 
 
 class Researcher:
-    def __init__(self, config: ResearcherConfig, tools: ToolContext, state_dir: str | Path):
+    def __init__(self, config: ResearcherConfig, tools: ToolContext, state_dir: str | Path,
+                 control_path: str | Path | None = None):
         self.config, self.tools = config, tools
         self.state_path = Path(state_dir) / "state.json"
+        self.control_path = Path(control_path) if control_path else None
         self.backend = make_backend(config)
         self.system = SYSTEM.format(direction=config.direction)
         self.messages: list[dict] = [user_message("Begin.")]
@@ -106,8 +108,23 @@ class Researcher:
     # --- the loop ---------------------------------------------------------------------------
     def run(self) -> dict:
         while self.stopped is None:
-            self.step()
+            says = self._operator_says()
+            if says == "pause":
+                time.sleep(1.0)
+            elif says != "stop":
+                self.step()
         return self.status()
+
+    def _operator_says(self) -> str:
+        """`aar campaign pause|stop [--researcher NAME]` writes the control file read here."""
+        if self.control_path is None or not self.control_path.exists():
+            return "run"
+        control = json.loads(self.control_path.read_text())
+        says = control.get("researchers", {}).get(self.config.name) or control.get("campaign", "run")
+        if says == "stop":
+            self.stopped = "stopped by the operator"
+            self._save()
+        return says
 
     def step(self) -> None:
         started = time.time()

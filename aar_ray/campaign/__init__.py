@@ -102,6 +102,39 @@ def campaign_dir(config: CampaignConfig) -> Path:
     return Path(config.home).resolve() / "campaigns" / config.name
 
 
+def control_path(home: str, campaign: str) -> Path:
+    return Path(home).resolve() / "campaigns" / campaign / "control.json"
+
+
+def set_control(home: str, campaign: str, action: str, researcher: str | None = None) -> dict:
+    """Tell a running campaign (or one researcher of it) to run, pause or stop."""
+    if action not in ("run", "pause", "stop"):
+        raise ValueError(f"action {action!r}; allowed: run, pause, stop")
+    path = control_path(home, campaign)
+    if not path.parent.exists():
+        raise FileNotFoundError(f"no campaign {campaign!r} under {Path(home).resolve() / 'campaigns'}")
+    control = json.loads(path.read_text()) if path.exists() else {"campaign": "run", "researchers": {}}
+    if researcher:
+        control["researchers"][researcher] = action
+    else:
+        control["campaign"] = action
+    path.write_text(json.dumps(control))
+    return control
+
+
+def campaign_status(home: str, campaign: str) -> list[dict]:
+    """Each researcher's checkpointed state: steps, why it stopped (None while running), spend."""
+    base = Path(home).resolve() / "campaigns" / campaign / "researchers"
+    if not base.exists():
+        raise FileNotFoundError(f"no campaign {campaign!r} under {Path(home).resolve() / 'campaigns'}")
+    rows = []
+    for state_file in sorted(base.glob("*/state.json")):
+        state = json.loads(state_file.read_text())
+        rows.append({"name": state_file.parent.name, "steps": state["steps"], "stopped": state["stopped"],
+                     **{k: round(v, 4) for k, v in state["budget"]["spent"].items()}})
+    return rows
+
+
 @ray.remote(num_cpus=0)
 class ResearcherActor:
     """One researcher in its own process. It holds no labels: its tools reach the scorer, which
@@ -117,7 +150,7 @@ class ResearcherActor:
             tracker=Tracker(config.tracking.uri or None, experiment_name(config)), budget=Budget(),
             parent_run_id=parent_run_id, student=config.student, teacher=config.teacher)
         tools.workspace.mkdir(parents=True, exist_ok=True)
-        self.researcher = Researcher(rc, tools, state_dir)
+        self.researcher = Researcher(rc, tools, state_dir, control_path(config.home, config.name))
 
     def run(self) -> dict:
         return self.researcher.run()
@@ -143,22 +176,31 @@ def _campaign_run(tracker: Tracker, config: CampaignConfig, path: Path) -> str:
     return run_id
 
 
-def run_researchers(config: CampaignConfig, parent_run_id: str) -> list[dict]:
+def run_researchers(config: CampaignConfig, parent_run_id: str, forum: Forum, progress: bool = True) -> list[dict]:
     """Start every researcher and wait until all stop or the wall-clock cap is reached."""
+    from tqdm import tqdm
+
     actors = [ResearcherActor.options(name=f"researcher-{config.name}-{rc.name}", namespace="aar",
                                       max_restarts=3, get_if_exists=True).remote(rc, config, parent_run_id)
               for rc in researcher_configs(config)]
     pending = {a.run.remote(): a for a in actors}
     deadline = time.time() + config.limits.wall_seconds
     statuses = []
+    expected = config.researchers * (config.researcher_limits.max_experiments or 0) or None
+    bar = tqdm(total=expected, desc="experiments", unit="exp", disable=not progress)
     while pending and time.time() < deadline:
-        done, _ = ray.wait(list(pending), num_returns=1, timeout=max(0.0, deadline - time.time()))
+        done, _ = ray.wait(list(pending), num_returns=1, timeout=min(5.0, max(0.0, deadline - time.time())))
+        results = forum.results()
+        bar.update(len(results) - bar.n)
+        if results:
+            bar.set_postfix_str(f"best PGR {max(r['pgr'] for r in results):.2f}")
         for ref in done:
             pending.pop(ref)
             try:
                 statuses.append(ray.get(ref))
             except ray.exceptions.RayError as err:
                 statuses.append({"stopped": f"failed: {err}"})
+    bar.close()
     statuses += [{"stopped": "wall-clock cap"} for _ in pending]  # checkpointed: resume continues
     for actor in actors:
         ray.kill(actor)
@@ -183,8 +225,8 @@ def run_campaign(config: CampaignConfig, resume: bool = False, progress: bool = 
     parent = _campaign_run(tracker, config, path)
     (path / "config.json").write_text(json.dumps(asdict(config), indent=2))
     started = time.time()
-    statuses = run_researchers(config, parent)
     forum = Forum(config.forum_url or default_url(Path(config.home).resolve()), config.name)
+    statuses = run_researchers(config, parent, forum, progress)
     table = generalisation_check(config, forum, tracker, parent)
     report = write_report(config, forum, tracker, parent, statuses, table, time.time() - started)
     return {"researchers": statuses, "generalisation": table, "report": str(report)}
