@@ -2,6 +2,7 @@
 forum and MLflow; resume without repeating an experiment; ideas run in the sandbox."""
 
 import json
+from pathlib import Path
 
 import mlflow
 import pytest
@@ -110,3 +111,62 @@ def test_tool_mistakes_come_back_as_errors_the_agent_can_act_on(world, tmp_path)
         assert is_error and message in json.loads(content)["error"], (name, content)
     sample = json.loads(call_tool(tools, "sample_data", {"split": "validation", "n": 3}, "y")[0])
     assert "label" not in sample["columns"] and len(sample["sample"]) == 3
+
+
+SECRET = "sk-ant-test-SECRET123"
+IDEA = '''
+def run(ctx):
+    student = ctx.new_student().fit("train_unlabel", ctx.weak_targets(), loss="soft")
+    return student.predict_proba(ctx.eval_split)
+'''
+
+
+def test_claude_researcher_works_through_the_tools_and_no_key_leaks(world, tmp_path, monkeypatch, caplog):
+    """A Claude researcher against a local stand-in of the Messages API: it reads the task,
+    writes and runs an idea (after an overloaded 529), posts and finishes; its dollars come from
+    the usage it was billed; the API key is nowhere in MLflow, the forum, checkpoints or logs."""
+    from stub_llm_server import StubLLMServer, anthropic_message, tool_use_block
+
+    from aar_ray.agents.researcher import BackendConfig
+
+    monkeypatch.setenv("ANTHROPIC_API_KEY", SECRET)
+    caplog.set_level("DEBUG")
+    with StubLLMServer() as stub:
+        stub.push(anthropic_message([tool_use_block("t1", "describe_task", {})], input_tokens=1000))
+        stub.push_error(529)
+        stub.push(anthropic_message([tool_use_block("t2", "write_file", {"path": "soft.py", "content": IDEA}),
+                                     tool_use_block("t3", "run_experiment", {"idea_file": "soft.py", "seeds": [1]})]))
+        stub.push(anthropic_message([tool_use_block("t4", "post", {"title": "soft labels", "body": "works"})]))
+        stub.push(anthropic_message([tool_use_block("t5", "finish", {"summary": "done"})], output_tokens=1000))
+        config = ResearcherConfig(name="claude-0", direction="distillation", testbed="tax-small",
+                                  backend=BackendConfig(kind="anthropic", model="claude-opus-4-6", base_url=stub.url),
+                                  limits=ResearcherLimits(max_dollars=1.0))
+        tools = _tools(world, "claude-0", "c6", tmp_path)
+        status = Researcher(config, tools, tmp_path / "claude-0").run()
+        requests = stub.requests
+    assert status["stopped"] == "finished: done"
+    assert len(requests) == 5 and all(r.carries(SECRET) for r in requests)
+    assert status["spent"]["dollars"] > 0 and status["spent"]["tokens"] > 2000
+    assert tools.forum.results()[0]["idea"] == "idea:soft"
+    assert tools.forum.read_posts()[0]["author"] == "claude-0"
+    stores = [tmp_path / "forum.db", tmp_path / "claude-0" / "state.json",
+              *Path(world["uri"].removeprefix("sqlite:///")).parent.rglob("*")]
+    for path in stores:
+        if path.is_file():
+            assert SECRET.encode() not in path.read_bytes(), path
+    assert SECRET not in caplog.text
+
+
+def test_a_dollar_cap_stops_a_claude_researcher_before_the_call_that_would_pass_it(world, tmp_path, monkeypatch):
+    from stub_llm_server import StubLLMServer
+
+    from aar_ray.agents.researcher import BackendConfig
+
+    monkeypatch.setenv("ANTHROPIC_API_KEY", SECRET)
+    with StubLLMServer() as stub:
+        config = ResearcherConfig(name="claude-1", direction="x", testbed="tax-small",
+                                  backend=BackendConfig(kind="anthropic", model="claude-opus-4-6", base_url=stub.url),
+                                  limits=ResearcherLimits(max_dollars=0.0001))
+        status = Researcher(config, _tools(world, "claude-1", "c7", tmp_path), tmp_path / "claude-1").run()
+        assert stub.requests == []  # refused before anything was sent
+    assert status["stopped"].startswith("budget") and status["spent"]["dollars"] == 0
