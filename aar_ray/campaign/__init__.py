@@ -181,7 +181,10 @@ def run_researchers(config: CampaignConfig, parent_run_id: str, forum: Forum, pr
     from tqdm import tqdm
 
     actors = [ResearcherActor.options(name=f"researcher-{config.name}-{rc.name}", namespace="aar",
-                                      max_restarts=3, get_if_exists=True).remote(rc, config, parent_run_id)
+                                      # a dead researcher restarts from its checkpoint and its run()
+                                      # is called again: run() resumes, so retrying it is safe
+                                      max_restarts=3, max_task_retries=3,
+                                      get_if_exists=True).remote(rc, config, parent_run_id)
               for rc in researcher_configs(config)]
     pending = {a.run.remote(): a for a in actors}
     deadline = time.time() + config.limits.wall_seconds
