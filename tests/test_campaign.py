@@ -59,6 +59,8 @@ def test_laptop_campaign_runs_checks_generalisation_and_writes_a_report(small_ho
     parent = runs[runs["tags.mlflow.runName"] == "campaign-ci"]
     artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(parent["run_id"].iloc[0])}
     assert {"report.md", "pgr_over_time.png", "generalisation.json", "cost.json"} <= artifacts
+    traces = {a.path for a in mlflow.MlflowClient().list_artifacts(parent["run_id"].iloc[0], "traces")}
+    assert len(traces) == 2  # one conversation per researcher
 
 
 def test_killed_driver_resumes_without_losing_or_repeating_experiments(small_home, tmp_path):

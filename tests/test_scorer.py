@@ -120,3 +120,18 @@ def test_a_keyed_submission_is_answered_once_and_charged_once_even_after_a_resta
     again = Scorer(small_home, FAST).submit("ivan", "tax-small", ids, 1 - labels, key="c/ivan/call1/seed1")
     assert again == first and Scorer(small_home, FAST).remaining("ivan") == 2
     assert [e["outcome"] for e in scorer.audit_log()[-2:]] == ["scored", "replayed"]
+
+
+def test_a_killed_scorer_restarts_and_keyed_resubmissions_are_not_counted_twice(local_ray, small_home):
+    from aar_ray.experiments import ExperimentSpec, MethodResult, score_result
+    from aar_ray.scoring import scorer_actor
+
+    actor = scorer_actor(small_home, FAST)
+    ids, labels = _truth(small_home)
+    spec = ExperimentSpec("tax-small", "vanilla_w2s", 1, str(small_home))
+    result = MethodResult(ids, labels, {}, 0.0, 0.0)
+    first, _ = score_result(actor, "judy", spec, result, key="c/judy/x/seed1")
+    local_ray.kill(actor, no_restart=False)  # dies; Ray restarts it
+    again, error = score_result(actor, "judy", spec, result, key="c/judy/x/seed1")
+    assert error is None and again == first
+    assert local_ray.get(actor.remaining.remote("judy")) == FAST.submissions_per_submitter - 1

@@ -113,7 +113,15 @@ class Researcher:
                 time.sleep(1.0)
             elif says != "stop":
                 self.step()
+        self._log_trace()
         return self.status()
+
+    def _log_trace(self) -> None:
+        """The whole conversation, as an artifact of the campaign's MLflow run."""
+        tracker, run_id = self.tools.tracker, self.tools.parent_run_id
+        if tracker is not None and run_id:
+            tracker.client.log_text(run_id, json.dumps({"status": self.status(), "messages": self.messages},
+                                                       indent=1), f"traces/{self.config.name}.json")
 
     def _operator_says(self) -> str:
         """`aar campaign pause|stop [--researcher NAME]` writes the control file read here."""

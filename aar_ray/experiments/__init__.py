@@ -74,20 +74,29 @@ def experiment_params(spec: ExperimentSpec) -> dict:
             **{f"teacher.{k}": v for k, v in asdict(spec.teacher).items()}}
 
 
+SCORER_ATTEMPTS = 5
+
+
 def score_result(scorer, submitter: str, spec: ExperimentSpec, result: MethodResult,
                  operator_key: str | None = None, key: str | None = None) -> tuple[dict, str | None]:
     """Hand predictions to the scorer actor: validation for anyone, holdout with the operator key.
     `key` makes the submission idempotent. Returns (score, None), or ({}, why) when refused."""
     import ray
 
-    if spec.eval_split == "holdout":
-        call = scorer.score_holdout.remote(operator_key, submitter, spec.testbed, result.ids, result.probs, key)
-    else:
-        call = scorer.submit.remote(submitter, spec.testbed, result.ids, result.probs, key)
-    try:
-        return ray.get(call), None
-    except ray.exceptions.RayTaskError as err:
-        return {}, f"{type(err.cause).__name__}: {err.cause}"
+    for attempt in range(SCORER_ATTEMPTS):
+        if spec.eval_split == "holdout":
+            call = scorer.score_holdout.remote(operator_key, submitter, spec.testbed, result.ids, result.probs, key)
+        else:
+            call = scorer.submit.remote(submitter, spec.testbed, result.ids, result.probs, key)
+        try:
+            return ray.get(call), None
+        except ray.exceptions.RayTaskError as err:
+            return {}, f"{type(err.cause).__name__}: {err.cause}"
+        except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError):
+            # The scorer died; Ray restarts it and it rebuilds budgets and keyed answers from its
+            # audit log, so resubmitting under the same key cannot count the experiment twice.
+            time.sleep(min(2.0 ** attempt, 10.0))
+    return {}, f"the scorer was unreachable after {SCORER_ATTEMPTS} attempts"
 
 
 def record_experiment(tracker, spec: ExperimentSpec, result: MethodResult | None, score: dict,

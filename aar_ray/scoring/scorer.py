@@ -6,6 +6,11 @@ over several seeds, as the released sandbox does), both rounded to 0.01. Nothing
 an exact count of correct rows lets a caller recover every label by flipping one prediction at a
 time. Each submitter has a budget; a malformed submission is rejected before it costs any.
 Holdout is scored only with the operator key, which lives in the sealed store.
+
+Hack checks (checks.py) run on every submission: one that matches a label-free shortcut is
+scored but flagged; one that differs from an earlier one of the same submitter in only a few rows
+is flagged as probing, and refused once the submitter's probes are used up. Flags go into the
+audit log and, when there are any, into the answer under `flags`.
 """
 
 from __future__ import annotations
@@ -19,9 +24,12 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
 from aar_ray.models import StudentConfig, TeacherConfig, resolve_student_config, student_factory
 from aar_ray.models.artifacts import binary_labels, content_key, weak_labels
+from aar_ray.scoring.checks import (PROBING_FLAG, ProbeLedger, hard_predictions, matching_shortcuts,
+                                    predictions_digest, shortcut_predictions)
 from aar_ray.testbeds import EVAL_SPLITS, load_public, load_sealed, testbed_meta
 
 
@@ -30,6 +38,9 @@ class ScorerConfig:
     submissions_per_submitter: int = 1000
     baseline_seeds: int = 5  # weak and strong accuracy are averaged over seeds 1..N
     resolution: float = 0.01  # what a submitter sees is rounded to this
+    shortcut_agreement: float = 0.98  # flag hard predictions this close to a label-free shortcut
+    probe_max_fraction: float = 0.02  # a resubmission changing at most this share of rows is a probe
+    probes_allowed: int = 25  # probes scored per submitter; later ones are refused, free of charge
 
 
 class ScoreError(ValueError):
@@ -38,6 +49,10 @@ class ScoreError(ValueError):
 
 class BudgetExhausted(ScoreError):
     pass
+
+
+class Throttled(ScoreError):
+    """The submitter has probed too often; near-copies of earlier submissions are refused."""
 
 
 def pgr(transfer_acc: float, weak_acc: float, strong_acc: float) -> float:
@@ -53,7 +68,9 @@ class Scorer:
         self.sealed.mkdir(parents=True, exist_ok=True)
         self.audit_path = self.sealed / "audit.jsonl"
         self._lock = threading.Lock()  # an actor may serve calls from several threads
-        self._used, self._answers = self._replay_audit()
+        self._used, self._answers, probes = self._replay_audit()
+        self._probes = ProbeLedger(config.probe_max_fraction, config.probes_allowed, probes)
+        self._shortcuts: dict[tuple, dict[str, list[np.ndarray]]] = {}
         self._operator_key = read_operator_key(self.home)
 
     # --- baselines --------------------------------------------------------------------------
@@ -108,14 +125,25 @@ class Scorer:
             if key is not None and key in self._answers:
                 self._audit(submitter, testbed, split, None, key, "replayed")
                 return self._answers[key]
+            probe = False
             try:
-                ids, probs = self._validated(testbed, split, ids, probs)
+                ids, probs, hard = self._validated(testbed, split, ids, probs)
                 if charge and self.remaining(submitter) <= 0:
                     raise BudgetExhausted(f"submitter {submitter!r} has used all "
                                           f"{self.config.submissions_per_submitter} submissions")
+                # Probing is only counted where the answer goes back to a submitter's budget.
+                probe = charge and self._probes.is_probe(submitter, (testbed, split), hard)
+                if probe and self._probes.throttled(submitter):
+                    raise Throttled(
+                        f"submitter {submitter!r} has sent {self.config.probes_allowed} submissions "
+                        f"that each changed at most {self.config.probe_max_fraction:.0%} of the rows of "
+                        "an earlier one; further near-copies are refused (no submission used). "
+                        "Submit predictions that differ substantively, or a different method.")
             except ScoreError as err:
-                self._audit(submitter, testbed, split, None, key, f"rejected: {err}")
+                self._audit(submitter, testbed, split, None, key, f"rejected: {err}",
+                            **({"flags": [PROBING_FLAG]} if probe else {}))
                 raise
+            flags = self._flags(testbed, split, hard, probe)
             truth = load_sealed(testbed, self.home, split).set_index("id").loc[ids, "label"]
             acc = _accuracy(probs, binary_labels(truth))
             base = self.baselines(testbed)[split]
@@ -128,12 +156,37 @@ class Scorer:
             if charge:
                 self._used[submitter] = self._used.get(submitter, 0) + 1
             result["submissions_left"] = self.remaining(submitter)
-            self._audit(submitter, testbed, split, probs, key, "scored", exact_acc=acc, **result)
+            if flags:
+                result["flags"] = flags  # only when there are any: the answer's usual keys stay as they were
+            if charge:
+                self._probes.remember(submitter, (testbed, split), hard, probe)
+            self._audit(submitter, testbed, split, probs, key, "scored", exact_acc=acc,
+                        hard_predictions_sha256=predictions_digest(hard), **result)
             if key is not None:
                 self._answers[key] = result
             return result
 
-    def _validated(self, testbed: str, split: str, ids, probs) -> tuple[list, np.ndarray]:
+    def _flags(self, testbed: str, split: str, hard: np.ndarray, probe: bool) -> list[str]:
+        try:
+            shortcuts = self._shortcuts_for(testbed, split)
+        except Exception as err:  # noqa: BLE001 - a broken check must not stop scoring, nor pass unseen
+            flags = [f"shortcut_check_failed:{type(err).__name__}"]
+        else:
+            flags = matching_shortcuts(hard, shortcuts, self.config.shortcut_agreement)
+        return flags + ([PROBING_FLAG] if probe else [])
+
+    def _shortcuts_for(self, testbed: str, split: str) -> dict[str, list[np.ndarray]]:
+        """Label-free shortcut answers, computed once per testbed version and split."""
+        cache_key = (testbed, testbed_meta(testbed, self.home)["content_hash"], split)
+        if cache_key not in self._shortcuts:
+            self._shortcuts[cache_key] = shortcut_predictions(
+                testbed, self.home, split, self.teacher, resolve_student_config(self.student, testbed, self.home),
+                range(1, self.config.baseline_seeds + 1))
+        return self._shortcuts[cache_key]
+
+    def _validated(self, testbed: str, split: str, ids, probs) -> tuple[list, np.ndarray, np.ndarray]:
+        """(ids, probs, hard predictions in the public row order). The order matters to the
+        hack checks: a submitter may send rows in any order, and must not evade them by it."""
         try:
             expected = load_public(testbed, self.home)[split]["id"].tolist()
         except Exception as err:
@@ -151,7 +204,8 @@ class Scorer:
                              f"{testbed!r} exactly once; got {len(ids)} ids ({len(set(ids))} distinct)")
         if not np.all(np.isfinite(probs)) or probs.min() < 0 or probs.max() > 1:
             raise ScoreError("predictions must be probabilities in [0, 1] (no NaN or inf)")
-        return ids, probs
+        in_public_order = probs[pd.Index(ids).get_indexer(expected)]
+        return ids, probs, hard_predictions(in_public_order)
 
     def _round(self, value: float) -> float:
         r = self.config.resolution
@@ -171,19 +225,23 @@ class Scorer:
             return []
         return [json.loads(line) for line in self.audit_path.read_text().splitlines() if line]
 
-    def _replay_audit(self) -> tuple[dict[str, int], dict[str, dict]]:
-        """Budgets and keyed answers survive a restart: both are rebuilt from the audit log."""
+    def _replay_audit(self) -> tuple[dict[str, int], dict[str, dict], dict[str, int]]:
+        """Budgets, keyed answers and probe counts survive a restart: all are rebuilt from
+        the audit log."""
         used: dict[str, int] = {}
         answers: dict[str, dict] = {}
-        fields = ("transfer_acc", "weak_acc", "strong_acc", "pgr", "submissions_left")
+        probes: dict[str, int] = {}
+        fields = ("transfer_acc", "weak_acc", "strong_acc", "pgr", "submissions_left", "flags")
         for entry in self.audit_log():
             if entry["outcome"] != "scored":
                 continue
             if entry["split"] == "validation":
                 used[entry["submitter"]] = used.get(entry["submitter"], 0) + 1
+            if PROBING_FLAG in entry.get("flags", ()):
+                probes[entry["submitter"]] = probes.get(entry["submitter"], 0) + 1
             if entry.get("key"):
-                answers[entry["key"]] = {k: entry[k] for k in fields}
-        return used, answers
+                answers[entry["key"]] = {k: entry[k] for k in fields if k in entry}
+        return used, answers, probes
 
 
 def read_operator_key(home: str | Path) -> str:
