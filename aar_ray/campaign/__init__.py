@@ -147,7 +147,8 @@ class ResearcherActor:
             researcher=rc.name, campaign=config.name, testbed=config.testbed, home=home,
             workspace=state_dir / "workspace", scorer=ray.get_actor("aar-scorer", namespace="aar"),
             forum=Forum(config.forum_url or default_url(home), config.name),
-            tracker=Tracker(config.tracking.uri or None, experiment_name(config)), budget=Budget(),
+            tracker=Tracker(config.tracking.uri or None, experiment_name(config), Path(home) / "tracking-spool"),
+            budget=Budget(),
             parent_run_id=parent_run_id, student=config.student, teacher=config.teacher)
         tools.workspace.mkdir(parents=True, exist_ok=True)
         self.researcher = Researcher(rc, tools, state_dir, control_path(config.home, config.name))
@@ -224,12 +225,13 @@ def run_campaign(config: CampaignConfig, resume: bool = False, progress: bool = 
     testbeds = [config.testbed, *config.heldout_testbeds]
     prepare(BaselineConfig(home=config.home, testbeds=testbeds, seeds=sorted(set(config.generalisation.seeds) | {1, 2, 3, 4, 5}),
                            student=config.student, teacher=config.teacher, scorer=config.scorer), scorer, progress)
-    tracker = Tracker(config.tracking.uri or None, experiment_name(config))
+    tracker = Tracker(config.tracking.uri or None, experiment_name(config), Path(config.home) / "tracking-spool")
     parent = _campaign_run(tracker, config, path)
     (path / "config.json").write_text(json.dumps(asdict(config), indent=2))
     started = time.time()
     forum = Forum(config.forum_url or default_url(Path(config.home).resolve()), config.name)
     statuses = run_researchers(config, parent, forum, progress)
     table = generalisation_check(config, forum, tracker, parent)
+    tracker.flush_spool()  # records spooled while the tracking server was away
     report = write_report(config, forum, tracker, parent, statuses, table, time.time() - started)
     return {"researchers": statuses, "generalisation": table, "report": str(report)}

@@ -2,6 +2,8 @@
 
 The store is `--tracking-uri`, else `MLFLOW_TRACKING_URI`, else `sqlite:///mlflow.db` in the
 working directory (artifacts beside it in `mlartifacts/`). `aar ui` opens the MLflow UI on it.
+When the store cannot be reached (a tracking server restarting), an experiment's record is
+spooled to disk and written on a later call, so a campaign never stops or loses a record for it.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ import json
 import os
 import tempfile
 import time
+import uuid
 from pathlib import Path
 
 import numpy as np
@@ -38,9 +41,14 @@ def _artifact_root(uri: str) -> str | None:
 class Tracker:
     """Small verbs over MlflowClient: one experiment per sweep or campaign, one run per experiment."""
 
-    def __init__(self, uri: str | None, experiment: str):
+    def __init__(self, uri: str | None, experiment: str, spool_dir: str | Path | None = None):
         self.uri = resolve_tracking_uri(uri)
+        if self.uri.startswith("http"):
+            # Fail over to the spool within seconds instead of MLflow's minutes of backoff.
+            os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
+            os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
         self.client = MlflowClient(self.uri)
+        self.spool = Path(spool_dir or Path(".aar") / "tracking-spool").resolve() / experiment
         found = self.client.get_experiment_by_name(experiment)
         self.experiment_id = found.experiment_id if found else \
             self.client.create_experiment(experiment, artifact_location=_artifact_root(self.uri))
@@ -49,7 +57,45 @@ class Tracker:
     def log_experiment(self, run_name: str, params: dict, metrics: dict, tags: dict,
                        predictions: pd.DataFrame | None = None, config: dict | None = None,
                        code: str | None = None, parent_run_id: str | None = None) -> str:
-        """One finished experiment as one MLflow run; returns its run id."""
+        """One finished experiment as one MLflow run; returns its run id, or `pending:<id>`
+        when the store is unreachable and the record went to the spool."""
+        record = {"run_name": run_name, "params": params, "metrics": metrics, "tags": tags,
+                  "predictions": None if predictions is None else predictions.to_dict("list"),
+                  "config": config, "code": code, "parent_run_id": parent_run_id}
+        self.flush_spool()
+        try:
+            return self._write(**record)
+        except Exception:  # the store is down or unreachable: keep the record, write it later
+            return self._to_spool(record)
+
+    def _to_spool(self, record: dict) -> str:
+        self.spool.mkdir(parents=True, exist_ok=True)
+        name = f"{time.time():.6f}-{uuid.uuid4().hex[:8]}"
+        tmp = self.spool / f".{name}"
+        tmp.write_text(json.dumps(record, default=str))
+        tmp.rename(self.spool / f"{name}.json")
+        return f"pending:{name}"
+
+    def flush_spool(self) -> int:
+        """Write spooled records, oldest first; stops at the first failure. Returns how many
+        were written (a record whose key is already in the store is dropped, not repeated)."""
+        written = 0
+        for path in sorted(self.spool.glob("*.json")) if self.spool.exists() else []:
+            record = json.loads(path.read_text())
+            try:
+                key = record["tags"].get("aar_key")
+                if not (key and self.find_run(key, raise_errors=True)):
+                    self._write(**record)
+            except Exception:
+                break
+            path.unlink()
+            written += 1
+        return written
+
+    def _write(self, run_name: str, params: dict, metrics: dict, tags: dict, predictions=None,
+               config: dict | None = None, code: str | None = None, parent_run_id: str | None = None) -> str:
+        if predictions is not None and not isinstance(predictions, pd.DataFrame):
+            predictions = pd.DataFrame(predictions)
         all_tags = {**tags, **({"mlflow.parentRunId": parent_run_id} if parent_run_id else {})}
         run = self.client.create_run(self.experiment_id, run_name=run_name,
                                      tags={k: str(v) for k, v in all_tags.items()})
@@ -71,9 +117,15 @@ class Tracker:
         self.client.set_terminated(run.info.run_id, "FINISHED" if metrics.get("pgr") is not None else "FAILED")
         return run.info.run_id
 
-    def find_run(self, key: str) -> str | None:
-        """The id of the finished run recorded under an experiment key, if any."""
-        found = self.client.search_runs([self.experiment_id], f"tags.aar_key = '{key}'", max_results=1)
+    def find_run(self, key: str, raise_errors: bool = False) -> str | None:
+        """The id of the run recorded under an experiment key, if any (None also when the store
+        cannot be reached, unless raise_errors)."""
+        try:
+            found = self.client.search_runs([self.experiment_id], f"tags.aar_key = '{key}'", max_results=1)
+        except Exception:
+            if raise_errors:
+                raise
+            return None
         return found[0].info.run_id if found else None
 
     def start_parent(self, run_name: str, params: dict) -> str:

@@ -1,0 +1,66 @@
+"""Tracking against a real `mlflow server`: records survive the server going away mid-run."""
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import pandas as pd
+import pytest
+import requests
+
+from aar_ray.tracking import Tracker
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _start_server(tmp_path, port):
+    proc = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
+                             "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
+                             "--artifacts-destination", str(tmp_path / "artifacts"), "--workers", "1"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 90
+    while time.time() < deadline:
+        try:
+            if requests.get(f"http://127.0.0.1:{port}/health", timeout=1).ok:
+                return proc
+        except requests.RequestException:
+            time.sleep(0.5)
+    _stop(proc)
+    pytest.fail("mlflow server did not start")
+
+
+def _stop(proc):
+    """The server and its workers: they share the process group the server started."""
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+
+def _log(tracker, key):
+    return tracker.log_experiment(f"run-{key}", {"method": "vanilla_w2s"}, {"pgr": 0.5}, {"aar_key": key},
+                                  predictions=pd.DataFrame({"id": [0, 1], "p": [0.2, 0.9]}))
+
+
+def test_records_are_spooled_while_the_server_is_down_and_written_once_it_is_back(tmp_path):
+    port = _free_port()
+    server = _start_server(tmp_path, port)
+    tracker = Tracker(f"http://127.0.0.1:{port}", "outage", spool_dir=tmp_path / "spool")
+    assert not _log(tracker, "a").startswith("pending:")
+    _stop(server)
+    pending = _log(tracker, "b")
+    assert pending.startswith("pending:") and len(list((tmp_path / "spool").rglob("*.json"))) == 1
+    server = _start_server(tmp_path, port)
+    try:
+        assert not _log(tracker, "c").startswith("pending:")  # flushes "b" first
+        runs = tracker.client.search_runs([tracker.experiment_id])
+        assert sorted(r.data.tags["aar_key"] for r in runs) == ["a", "b", "c"]
+        assert not list((tmp_path / "spool").rglob("*.json"))
+        assert tracker.flush_spool() == 0
+    finally:
+        _stop(server)
