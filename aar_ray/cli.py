@@ -262,7 +262,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return COMMANDS[args.command](args)
-    except (ConfigError, TestbedError, ScoreError, FileExistsError, FileNotFoundError) as err:
+    except (ConfigError, TestbedError, ScoreError, FileExistsError, FileNotFoundError, ValueError) as err:
         print(f"aar {args.command}: error: {err}", file=sys.stderr)
         return 2
 

@@ -60,6 +60,7 @@ class ToolContext:
     student: StudentConfig = field(default_factory=StudentConfig)
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
     max_seeds: int = 5
+    experiment_gpus: float = 0.0  # GPUs each experiment task holds
     shell_limits: SandboxLimits = field(default_factory=lambda: SandboxLimits(wall_seconds=60))
     finished: str | None = None
 
@@ -154,7 +155,7 @@ def run_experiment(ctx: ToolContext, seeds: list[int], idea_file: str | None = N
     researcher that restarts gets the recorded result instead of running it again."""
     import ray
 
-    from aar_ray.experiments.sweep import run_method_task
+    from aar_ray.experiments.sweep import submit_experiment
 
     key = f"{ctx.campaign}/{ctx.researcher}/{call_id}"
     done = ctx.forum.result_for(key)
@@ -167,9 +168,9 @@ def run_experiment(ctx: ToolContext, seeds: list[int], idea_file: str | None = N
         raise ToolError(f"give 1 to {ctx.max_seeds} distinct seeds")
     spec = _experiment_spec(ctx, idea_file, method)
     ctx.budget.check(experiments=1)
-    specs = [replace(spec, seed=int(s)) for s in seeds]
-    refs = [run_method_task.remote(s) for s in specs]
-    per_seed, transfer, run_ids, errors = [], [], [], []
+    specs = [replace(spec, seed=int(s), num_gpus=ctx.experiment_gpus) for s in seeds]
+    refs = [submit_experiment(s) for s in specs]
+    per_seed, transfer, run_ids, errors, gpu_seconds = [], [], [], [], 0.0
     for s, ref in zip(specs, refs):
         seed_key = f"{key}/seed{s.seed}"  # scorer and MLflow dedupe on it across a restart
         try:
@@ -181,6 +182,7 @@ def run_experiment(ctx: ToolContext, seeds: list[int], idea_file: str | None = N
                                          ctx.parent_run_id, key=seed_key))
         per_seed.append(score.get("pgr"))
         transfer += [score["transfer_acc"]] if "transfer_acc" in score else []
+        gpu_seconds += result.wall_seconds * s.num_gpus if result is not None else 0.0
         errors += [f"seed {s.seed}: {error}"] if error else []
     ctx.budget.charge(experiments=1)
     scored = [p for p in per_seed if p is not None]
@@ -189,7 +191,8 @@ def run_experiment(ctx: ToolContext, seeds: list[int], idea_file: str | None = N
     mean = round(float(np.mean(scored)), 3)
     code_ref = ctx.forum.share_code(ctx.researcher, spec.method, spec.code) if spec.code else None
     ctx.forum.record_result(ctx.researcher, ctx.testbed, spec.label if spec.code is None else f"idea:{spec.method}",
-                            key, seeds, mean, float(np.mean(transfer)), run_ids, code_ref)
+                            key, seeds, mean, float(np.mean(transfer)), run_ids, code_ref,
+                            gpu_seconds=gpu_seconds)
     return {"idea": spec.label, "pgr_per_seed": dict(zip(map(str, seeds), per_seed)), "mean_pgr": mean,
             "run_ids": run_ids, "errors": errors, "code_ref": code_ref}
 

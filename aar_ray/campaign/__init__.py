@@ -13,6 +13,7 @@ campaign whose driver died, without repeating or losing an experiment.
 from __future__ import annotations
 
 import json
+import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -45,6 +46,7 @@ class CampaignLimits:
     wall_seconds: float = 1800.0
     agent_hours: float | None = None  # over all researchers
     dollars: float | None = None
+    gpu_hours: float | None = None  # experiment task hours x GPUs held; researchers stop once spent
 
 
 @dataclass
@@ -54,6 +56,7 @@ class CampaignConfig:
     testbed: str = "taxonomy"  # where researchers work and are scored
     heldout_testbeds: list[str] = field(default_factory=lambda: ["sentiment", "preference"])
     researchers: int = 3
+    experiment_gpus: float = 0.0  # GPUs per experiment task (0: the CPU testbeds)
     directions: str = ""  # a YAML list of {name, text, candidates}; empty: conf/directions.yaml
     backend: BackendConfig = field(default_factory=BackendConfig)
     researcher_limits: ResearcherLimits = field(default_factory=ResearcherLimits)
@@ -149,7 +152,8 @@ class ResearcherActor:
             forum=Forum(config.forum_url or default_url(home), config.name),
             tracker=Tracker(config.tracking.uri or None, experiment_name(config), Path(home) / "tracking-spool"),
             budget=Budget(),
-            parent_run_id=parent_run_id, student=config.student, teacher=config.teacher)
+            parent_run_id=parent_run_id, student=config.student, teacher=config.teacher,
+            experiment_gpus=config.experiment_gpus)
         tools.workspace.mkdir(parents=True, exist_ok=True)
         self.researcher = Researcher(rc, tools, state_dir, control_path(config.home, config.name))
 
@@ -196,6 +200,9 @@ def run_researchers(config: CampaignConfig, parent_run_id: str, forum: Forum, pr
         done, _ = ray.wait(list(pending), num_returns=1, timeout=min(5.0, max(0.0, deadline - time.time())))
         results = forum.results()
         bar.update(len(results) - bar.n)
+        gpu_hours = sum(r["gpu_seconds"] or 0.0 for r in results) / 3600
+        if config.limits.gpu_hours is not None and gpu_hours >= config.limits.gpu_hours:
+            set_control(config.home, config.name, "stop")  # researchers stop at their next step
         if results:
             bar.set_postfix_str(f"best PGR {max(r['pgr'] for r in results):.2f}")
         for ref in done:
@@ -221,6 +228,10 @@ def run_campaign(config: CampaignConfig, resume: bool = False, progress: bool = 
         raise FileExistsError(f"campaign {config.name!r} exists under {path}; pass --resume to continue "
                               "it or choose another name")
     connect_ray()
+    gpus = ray.cluster_resources().get("GPU", 0)
+    if config.experiment_gpus > gpus and not os.environ.get("RAY_ADDRESS"):
+        raise ValueError(f"experiment_gpus={config.experiment_gpus} but this machine's Ray has {gpus:g} GPUs; "
+                         "experiments would wait forever (use 0 on CPU, or run on a GPU cluster)")
     scorer = scorer_actor(config.home, config.scorer, config.teacher, config.student)
     testbeds = [config.testbed, *config.heldout_testbeds]
     prepare(BaselineConfig(home=config.home, testbeds=testbeds, seeds=sorted(set(config.generalisation.seeds) | {1, 2, 3, 4, 5}),

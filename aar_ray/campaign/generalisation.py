@@ -13,7 +13,7 @@ import numpy as np
 import ray
 
 from aar_ray.experiments import ExperimentSpec, record_experiment
-from aar_ray.experiments.sweep import finish, run_method_task
+from aar_ray.experiments.sweep import finish, submit_experiment
 from aar_ray.methods import parse_method
 from aar_ray.scoring import read_operator_key, scorer_actor
 
@@ -44,9 +44,10 @@ def _spec_for(idea: dict, forum, config, testbed: str, seed: int) -> ExperimentS
     if idea["idea"].startswith("idea:"):
         code = forum.read_code(idea["code_ref"])["code"]
         return ExperimentSpec(testbed, idea["idea"][5:], seed, home, {}, config.student, config.teacher,
-                              eval_split="holdout", code=code)
+                              eval_split="holdout", code=code, num_gpus=config.experiment_gpus)
     name, params = parse_method(idea["idea"])
-    return ExperimentSpec(testbed, name, seed, home, params, config.student, config.teacher, eval_split="holdout")
+    return ExperimentSpec(testbed, name, seed, home, params, config.student, config.teacher,
+                          eval_split="holdout", num_gpus=config.experiment_gpus)
 
 
 def generalisation_check(config, forum, tracker, parent_run_id: str) -> list[dict]:
@@ -54,7 +55,7 @@ def generalisation_check(config, forum, tracker, parent_run_id: str) -> list[dic
     key = read_operator_key(config.home)
     testbeds = [config.testbed, *config.heldout_testbeds]
     ideas = top_ideas(forum, config.testbed, config.generalisation.top_k)
-    jobs = [(idea, spec, run_method_task.remote(spec))
+    jobs = [(idea, spec, submit_experiment(spec))
             for idea in ideas for testbed in testbeds for seed in config.generalisation.seeds
             for spec in [_spec_for(idea, forum, config, testbed, seed)]]
     scores: dict[tuple[str, str], list[float]] = {}

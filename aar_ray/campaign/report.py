@@ -71,7 +71,8 @@ def cost_summary(statuses: list[dict], results: list[dict], wall_seconds: float)
     return {"researchers": len(statuses), "tokens": sum(s.get("tokens", 0) for s in spent),
             "dollars": round(dollars, 4), "agent_hours": round(agent_hours, 4),
             "dollars_per_agent_hour": round(dollars / agent_hours, 2) if agent_hours else 0.0,
-            "experiments": len(results), "wall_minutes": round(wall_seconds / 60, 2)}
+            "experiments": len(results), "wall_minutes": round(wall_seconds / 60, 2),
+            "gpu_hours": round(sum(r.get("gpu_seconds") or 0.0 for r in results) / 3600, 4)}
 
 
 def write_report(config, forum, tracker, parent_run_id: str, statuses: list[dict], table: list[dict],

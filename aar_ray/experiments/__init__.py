@@ -30,6 +30,7 @@ class ExperimentSpec:
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
     eval_split: str = "validation"
     code: str | None = None  # an idea file's source; it then runs in the sandbox as `method`
+    num_gpus: float = 0.0  # GPUs the experiment task holds while it runs (0 on the CPU testbeds)
 
     @property
     def label(self) -> str:

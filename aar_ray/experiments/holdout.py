@@ -10,7 +10,7 @@ from pathlib import Path
 import ray
 
 from aar_ray.experiments import ExperimentSpec, record_experiment
-from aar_ray.experiments.sweep import connect_ray, finish, run_method_task
+from aar_ray.experiments.sweep import connect_ray, finish, submit_experiment
 from aar_ray.methods import parse_method
 from aar_ray.models import StudentConfig, TeacherConfig
 from aar_ray.scoring import ScorerConfig, read_operator_key, scorer_actor
@@ -31,7 +31,7 @@ def score_holdout(testbed: str, method: str, seeds: list[int], home: str, tracki
     rows = []
     for seed in seeds:
         spec = ExperimentSpec(testbed, name, seed, home, params, student, teacher, eval_split="holdout")
-        result, score, error = finish(run_method_task.remote(spec), scorer, "operator", spec, key)
+        result, score, error = finish(submit_experiment(spec), scorer, "operator", spec, key)
         run_id = record_experiment(tracker, spec, result, score, "operator", error)
         if error:
             raise RuntimeError(f"seed {seed}: {error}")

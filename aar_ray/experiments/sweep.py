@@ -49,6 +49,11 @@ def run_method_task(spec: ExperimentSpec):
     return run_method(spec)
 
 
+def submit_experiment(spec: ExperimentSpec):
+    """The experiment as a Ray task, holding spec.num_gpus GPUs only while it runs."""
+    return run_method_task.options(num_gpus=spec.num_gpus).remote(spec)
+
+
 def experiment_specs(config: BaselineConfig) -> list[ExperimentSpec]:
     home = str(Path(config.home).resolve())
     specs = []
@@ -89,7 +94,7 @@ def run_sweep(config: BaselineConfig, progress: bool = True) -> pd.DataFrame:
     parent = tracker.start_parent("baseline-sweep", {
         "testbeds": ",".join(config.testbeds), "methods": ",".join(config.methods),
         "seeds": ",".join(map(str, config.seeds))})
-    pending = {run_method_task.remote(spec): spec for spec in experiment_specs(config)}
+    pending = {submit_experiment(spec): spec for spec in experiment_specs(config)}
     with tqdm(total=len(pending), desc="experiments", unit="run", disable=not progress) as bar:
         while pending:
             [ref], _ = ray.wait(list(pending), num_returns=1)
