@@ -16,14 +16,16 @@ the share of the weak-to-strong gap a method recovers:
     PGR = (transfer_acc - weak_acc) / (strong_acc - weak_acc)
 
 Typical session on one machine (local Ray, MLflow in ./mlflow.db, data in ./.aar):
+    aar campaign --config conf/campaign/laptop.yaml   # researchers in parallel, then a report
+    aar campaign status --name laptop    # while it runs: each researcher's steps and spend
     aar testbed list                     # embedded CPU testbeds: sentiment, taxonomy, preference
     aar baseline --seeds 1-5             # every library method on every testbed, 5 seeds
     aar leaderboard                      # mean ± sd PGR per testbed and method
     aar score-holdout --testbed taxonomy --method vanilla_w2s   # operator: the held-out half
     aar ui                               # browse every run in the MLflow UI
 
-On a cluster, set RAY_ADDRESS (and MLFLOW_TRACKING_URI) or submit `jobs/baseline.py` with
-`ray job submit`. Labels of unlabelled, validation and holdout rows stay in .aar/sealed and
+On a cluster, set RAY_ADDRESS (and MLFLOW_TRACKING_URI) or submit `jobs/campaign.py` or
+`jobs/baseline.py` with `ray job submit --runtime-env jobs/runtime_env.yaml`. Labels of unlabelled, validation and holdout rows stay in .aar/sealed and
 are read only by the scorer actor.
 """
 

@@ -34,7 +34,7 @@ def workdir(tmp_path_factory):
 def test_help_teaches_the_workflow():
     out = aar("--help", cwd=".").stdout
     assert "PGR = (transfer_acc - weak_acc) / (strong_acc - weak_acc)" in out
-    for command in ("testbed", "baseline", "leaderboard", "score-holdout", "ui"):
+    for command in ("campaign", "testbed", "baseline", "leaderboard", "score-holdout", "ui", "report"):
         assert command in out
 
 
