@@ -98,7 +98,12 @@ def validate(config) -> None:
             raise ConfigError("testbeds, methods and seeds must each list at least one entry")
     if hasattr(config, "student"):
         _check("student.head", config.student.head, ["auto", *HEADS])
-        _check("teacher.kind", config.teacher.kind, ["bow"])
+        _check("student.kind", config.student.kind, ["encoder", "causal_lm"])
+        _check("teacher.kind", config.teacher.kind, ["bow", "causal_lm"])
+        for part in (config.student, config.teacher):
+            if part.kind == "causal_lm" and not part.preset:
+                raise ConfigError("a causal_lm student or teacher needs a preset, e.g. "
+                                  "student.preset=qwen_math (conf/models/)")
     if hasattr(config, "backend"):
         _check("backend.kind", config.backend.kind, ["search", "anthropic", "openai"])
         if config.researchers < 1:

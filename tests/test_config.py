@@ -19,7 +19,7 @@ def test_overrides_are_typed():
 
 
 @pytest.mark.parametrize("override, message", [
-    ("student.hiden=3", "unknown config key 'student.hiden'; allowed here: encoder, head, hidden"),
+    ("student.hiden=3", "unknown config key 'student.hiden'; allowed here: kind, preset, encoder, head, hidden"),
     ("bogus=1", "unknown config key 'bogus'; allowed here: home, testbeds, methods"),
     ("seeds=[a]", "bad value for 'seeds[0]'"),
     ("student.epochs=many", "bad value for 'student.epochs'"),

@@ -15,7 +15,7 @@ from typing import Callable
 from aar_ray.models.artifacts import testbed_vectors
 from aar_ray.models.student import HEADS, EncoderStudent, StudentConfig
 from aar_ray.models.teacher import BowTeacher, TeacherConfig
-from aar_ray.testbeds import testbed_meta
+from aar_ray.testbeds import load_public, testbed_meta
 
 
 def resolve_student_config(config: StudentConfig, testbed: str, home: Path) -> StudentConfig:
@@ -27,7 +27,15 @@ def resolve_student_config(config: StudentConfig, testbed: str, home: Path) -> S
 
 def student_factory(testbed: str, home: Path, config: StudentConfig,
                     seed: int) -> Callable[[], EncoderStudent]:
-    """Fresh untrained students for one testbed and seed; the vectors are loaded once."""
+    """Fresh untrained students for one testbed and seed; the vectors are loaded once.
+    `kind: causal_lm` gives the Qwen-scale student of a model preset, same contract."""
+    if config.kind == "causal_lm":
+        from aar_ray.compute.presets import load_preset
+        from aar_ray.models.causal_lm import CausalLMStudent
+
+        lm_config = load_preset(config.preset).student
+        rows = {split: frame.to_dict("records") for split, frame in load_public(testbed, home).items()}
+        return lambda: CausalLMStudent(rows, lm_config, seed)
     config = resolve_student_config(config, testbed, home)
     vectors = testbed_vectors(testbed, home, config.encoder)
     return lambda: EncoderStudent(vectors, config, seed)

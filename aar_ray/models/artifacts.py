@@ -73,6 +73,16 @@ def binary_labels(labels) -> np.ndarray:
                     dtype=np.float32)
 
 
+def make_teacher(config: TeacherConfig, seed: int):
+    """The weak teacher of a config: bag-of-words on CPU, or a preset's causal LM (LoRA)."""
+    if config.kind == "causal_lm":
+        from aar_ray.compute.presets import load_preset
+        from aar_ray.models.causal_lm import CausalLMTeacher
+
+        return CausalLMTeacher(load_preset(config.preset).teacher, seed)
+    return BowTeacher(config, seed)
+
+
 @dataclass
 class WeakLabels:
     """The teacher's P(True)/P(A) on each split a method may use (train_unlabel, validation,
@@ -91,7 +101,7 @@ def weak_labels(name: str, home: Path, teacher: TeacherConfig, seed: int) -> Wea
     if not path.exists():
         public = load_public(name, home)
         rows = public["train_label"].to_dict("records")
-        model = BowTeacher(teacher, seed).fit(rows, binary_labels(public["train_label"]["label"]))
+        model = make_teacher(teacher, seed).fit(rows, binary_labels(public["train_label"]["label"]))
         frame = pd.concat([
             pd.DataFrame({"split": split, "id": public[split]["id"],
                           "p": model.predict_proba(public[split].to_dict("records"))})

@@ -21,6 +21,8 @@ LossFn = Callable[[torch.Tensor, torch.Tensor, float], torch.Tensor]
 
 @dataclass
 class StudentConfig:
+    kind: str = "encoder"  # encoder (CPU testbeds) | causal_lm (LoRA on a causal LM, from `preset`)
+    preset: str = ""  # causal_lm: a model preset, conf/models/<name>.yaml or a path (its `student`)
     encoder: str = "minilm-l6"
     head: str = "auto"  # "mlp", "bilinear", or "auto": the testbed's recommended head
     hidden: int = 256

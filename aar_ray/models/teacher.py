@@ -18,7 +18,8 @@ _TOKEN = re.compile(r"[a-z0-9'-]+")
 
 @dataclass
 class TeacherConfig:
-    kind: str = "bow"
+    kind: str = "bow"  # bow (CPU testbeds) | causal_lm (LoRA on a causal LM, from `preset`)
+    preset: str = ""  # causal_lm: a model preset, conf/models/<name>.yaml or a path (its `teacher`)
     epochs: int = 60
     lr: float = 0.05
     weight_decay: float = 1e-3
