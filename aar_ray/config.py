@@ -45,6 +45,7 @@ class BaselineConfig:
     methods: list[str] = field(default_factory=_all_methods)  # name or name:key=value,...
     seeds: list[int] = field(default_factory=lambda: [1, 2, 3, 4, 5])
     submitter: str = "baseline"  # whose scorer budget the sweep spends
+    experiment_gpus: float = 0.0  # GPUs each experiment task holds (causal_lm students on a cluster)
     student: StudentConfig = field(default_factory=StudentConfig)
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
     scorer: ScorerConfig = field(default_factory=ScorerConfig)

@@ -61,8 +61,8 @@ def experiment_specs(config: BaselineConfig) -> list[ExperimentSpec]:
         for method_spec in config.methods:
             name, params = parse_method(method_spec)
             for seed in config.seeds:
-                specs.append(ExperimentSpec(testbed, name, seed, home, params,
-                                            config.student, config.teacher))
+                specs.append(ExperimentSpec(testbed, name, seed, home, params, config.student,
+                                            config.teacher, num_gpus=config.experiment_gpus))
     return specs
 
 
