@@ -170,7 +170,7 @@ def run_experiment(ctx: ToolContext, seeds: list[int], idea_file: str | None = N
     ctx.budget.check(experiments=1)
     specs = [replace(spec, seed=int(s), num_gpus=ctx.experiment_gpus) for s in seeds]
     refs = [submit_experiment(s) for s in specs]
-    per_seed, transfer, run_ids, errors, gpu_seconds = [], [], [], [], 0.0
+    per_seed, transfer, run_ids, errors, gpu_seconds, flags = [], [], [], [], 0.0, set()
     for s, ref in zip(specs, refs):
         seed_key = f"{key}/seed{s.seed}"  # scorer and MLflow dedupe on it across a restart
         try:
@@ -182,6 +182,7 @@ def run_experiment(ctx: ToolContext, seeds: list[int], idea_file: str | None = N
                                          ctx.parent_run_id, key=seed_key))
         per_seed.append(score.get("pgr"))
         transfer += [score["transfer_acc"]] if "transfer_acc" in score else []
+        flags |= set(score.get("flags", []))  # the scorer's hack checks, shown on the leaderboard
         gpu_seconds += result.wall_seconds * s.num_gpus if result is not None else 0.0
         errors += [f"seed {s.seed}: {error}"] if error else []
     ctx.budget.charge(experiments=1)
@@ -192,7 +193,7 @@ def run_experiment(ctx: ToolContext, seeds: list[int], idea_file: str | None = N
     code_ref = ctx.forum.share_code(ctx.researcher, spec.method, spec.code) if spec.code else None
     ctx.forum.record_result(ctx.researcher, ctx.testbed, spec.label if spec.code is None else f"idea:{spec.method}",
                             key, seeds, mean, float(np.mean(transfer)), run_ids, code_ref,
-                            gpu_seconds=gpu_seconds)
+                            flags=",".join(sorted(flags)), gpu_seconds=gpu_seconds)
     return {"idea": spec.label, "pgr_per_seed": dict(zip(map(str, seeds), per_seed)), "mean_pgr": mean,
             "run_ids": run_ids, "errors": errors, "code_ref": code_ref}
 
@@ -211,7 +212,7 @@ def _experiment_spec(ctx: ToolContext, idea_file: str | None, method: str | None
 
 
 def leaderboard(ctx: ToolContext) -> dict:
-    return {"leaderboard": [{k: r[k] for k in ("researcher", "testbed", "idea", "pgr", "seeds", "code_ref")}
+    return {"leaderboard": [{k: r[k] for k in ("researcher", "testbed", "idea", "pgr", "seeds", "code_ref", "flags")}
                             for r in ctx.forum.leaderboard(ctx.testbed)]}
 
 

@@ -116,6 +116,7 @@ def record_experiment(tracker, spec: ExperimentSpec, result: MethodResult | None
         metrics.update(wall_seconds=result.wall_seconds, cpu_seconds=result.cpu_seconds,
                        **{f"method.{k}": v for k, v in result.metrics.items()})
     tags = {"aar_kind": "experiment", "submitter": submitter, "split": spec.eval_split,
+            **({"flags": ",".join(score["flags"])} if score.get("flags") else {}),
             **({"error": error[:4000]} if error else {}), **({"aar_key": key} if key else {})}
     return tracker.log_experiment(
         f"{spec.label}/{spec.testbed}/seed{spec.seed}", experiment_params(spec), metrics, tags,

@@ -24,8 +24,8 @@ from aar_ray.experiments import ExperimentSpec, MethodResult
 from aar_ray.sandbox import Sandbox, SandboxLimits
 
 PACKAGE = Path(aar_ray.__file__).resolve().parent
-# Decides the embedded testbeds' labels; idea code must not be able to read it.
-LABEL_DECIDING = [PACKAGE / "testbeds" / "lexicon.py"]
+# Decides the embedded testbeds' labels; idea code must not be able to read it, nor its bytecode.
+LABEL_DECIDING = [PACKAGE / "testbeds" / "lexicon.py", PACKAGE / "testbeds" / "__pycache__"]
 
 
 class IdeaFailed(RuntimeError):
