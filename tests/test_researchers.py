@@ -170,3 +170,11 @@ def test_a_dollar_cap_stops_a_claude_researcher_before_the_call_that_would_pass_
         status = Researcher(config, _tools(world, "claude-1", "c7", tmp_path), tmp_path / "claude-1").run()
         assert stub.requests == []  # refused before anything was sent
     assert status["stopped"].startswith("budget") and status["spent"]["dollars"] == 0
+
+
+def test_the_leaderboard_tool_releases_a_new_best_only_past_the_noise(world, tmp_path):
+    tools = _tools(world, "llm-2", "c8", tmp_path)
+    for i, pgr in enumerate([0.50, 0.51, 0.60]):  # +0.01 is within the noise, +0.10 is not
+        tools.forum.record_result("llm-2", "tax-small", f"variant{i}", f"c8/llm-2/k{i}", [1], pgr, 0.8, [])
+    board = json.loads(call_tool(tools, "leaderboard", {}, "l")[0])["leaderboard"]
+    assert [row["idea"] for row in board] == ["variant2", "variant0"]

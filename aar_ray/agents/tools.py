@@ -61,6 +61,7 @@ class ToolContext:
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
     max_seeds: int = 5
     experiment_gpus: float = 0.0  # GPUs each experiment task holds
+    ladder_noise: float = 0.02  # the leaderboard shows a new best only past this margin (the Ladder)
     shell_limits: SandboxLimits = field(default_factory=lambda: SandboxLimits(wall_seconds=60))
     finished: str | None = None
 
@@ -212,8 +213,13 @@ def _experiment_spec(ctx: ToolContext, idea_file: str | None, method: str | None
 
 
 def leaderboard(ctx: ToolContext) -> dict:
-    return {"leaderboard": [{k: r[k] for k in ("researcher", "testbed", "idea", "pgr", "seeds", "code_ref", "flags")}
-                            for r in ctx.forum.leaderboard(ctx.testbed)]}
+    """The Ladder's view: a result enters only by beating the released best by more than the
+    noise, so resubmitting variants until one is lucky on validation earns nothing."""
+    from aar_ray.scoring.checks import ladder_leaderboard
+
+    rows = ladder_leaderboard([r for r in ctx.forum.results() if r["testbed"] == ctx.testbed], ctx.ladder_noise)
+    keys = ("researcher", "testbed", "idea", "pgr", "seeds", "code_ref", "flags")
+    return {"leaderboard": [{k: r[k] for k in keys} for r in rows[:20]], "ladder_noise": ctx.ladder_noise}
 
 
 def post(ctx: ToolContext, title: str, body: str, run_ids: list[str] = (), code_refs: list[int] = ()) -> dict:
