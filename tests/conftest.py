@@ -47,3 +47,15 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="module")
+def gpu_ray(request):
+    """A private local Ray with two logical GPUs (no device needed) and four CPUs, so that the
+    GPUs, not the CPUs, are what limits scheduling. address="local": never another cluster."""
+    import ray
+
+    ray.init(address="local", num_cpus=4, num_gpus=2, include_dashboard=False, logging_level="ERROR")
+    ray.cloudpickle.register_pickle_by_value(request.module)  # workers cannot import tests/
+    yield ray
+    ray.shutdown()

@@ -2,7 +2,6 @@
 GPU release, retries after worker death only, out-of-memory errors, and a real tiny LoRA fit."""
 
 import os
-import sys
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -21,16 +20,6 @@ TARGETS = np.array([float(r["choice"] in ("cat", "dog", "cow")) for r in ROWS])
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
-
-@pytest.fixture(scope="module")
-def local_ray():
-    # address="local": a private cluster, even if another Ray runs on this machine. Four logical
-    # CPUs, so that the two GPUs, not the CPUs, are what limits the fits below.
-    ray.init(address="local", num_cpus=4, num_gpus=2, include_dashboard=False, logging_level="ERROR")
-    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # workers cannot import tests/
-    yield
-    ray.shutdown()
 
 
 def free_gpus_become(n, timeout=10.0) -> bool:
@@ -55,7 +44,7 @@ def most_at_once(intervals) -> int:
     return peak
 
 
-def test_four_one_gpu_fits_share_two_gpus_two_at_a_time(local_ray):
+def test_four_one_gpu_fits_share_two_gpus_two_at_a_time(gpu_ray):
     refs = [submit(pretend_fit, 1.0, num_gpus=1) for _ in range(4)]
     results = ray.get(refs)
     assert most_at_once([(start, end) for start, end, _, _ in results]) == 2
@@ -83,7 +72,7 @@ def fail_with_a_bug(marker: str):
     raise ValueError("a bug in the method")
 
 
-def test_a_dead_worker_is_retried_but_a_failing_fit_is_not(local_ray, tmp_path):
+def test_a_dead_worker_is_retried_but_a_failing_fit_is_not(gpu_ray, tmp_path):
     compute = ComputeConfig(max_retries=2)
     assert ray.get(submit(die_on_first_attempt, str(tmp_path / "dies"), num_gpus=1, compute=compute)) == 2
     with pytest.raises(ValueError, match="a bug in the method"):
@@ -97,7 +86,7 @@ def run_out_of_gpu_memory():
     raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
 
 
-def test_cuda_out_of_memory_says_which_knobs_to_turn(local_ray):
+def test_cuda_out_of_memory_says_which_knobs_to_turn(gpu_ray):
     with pytest.raises(GPUOutOfMemory) as err:
         ray.get(submit(run_out_of_gpu_memory, num_gpus=1, what="fit student-7"))
     message = str(err.value)
@@ -137,7 +126,7 @@ def tracking(tmp_path):
 
 
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")  # raised inside MLflow's SQL store
-def test_a_real_student_fit_runs_as_a_task_and_is_recorded_in_mlflow(local_ray, tiny_config, tracking):
+def test_a_real_student_fit_runs_as_a_task_and_is_recorded_in_mlflow(gpu_ray, tiny_config, tracking):
     mlflow, experiment = tracking
     handle = submit_fit(StudentFitJob(tiny_config, {"train": ROWS, "test": ROWS[:4]}, "train", TARGETS,
                                       name="student-a", predict=("test",)))
@@ -165,7 +154,7 @@ class WhereWouldItSave:
         return self.config.adapter_uri
 
 
-def test_a_relative_adapter_folder_means_the_callers_folder(local_ray, tmp_path, monkeypatch):
+def test_a_relative_adapter_folder_means_the_callers_folder(gpu_ray, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     cpu = CausalLMConfig(num_gpus=0)
     assert ray.get(submit_fit(WhereWouldItSave(replace(cpu, adapter_uri="adapters"))).ref) == str(

@@ -52,15 +52,6 @@ def free_gpus_become(n) -> bool:
     return eventually(lambda: ray.available_resources().get("GPU", 0) == n)
 
 
-@pytest.fixture(scope="module")
-def local_ray():
-    # address="local": a private cluster, even if another Ray runs on this machine.
-    ray.init(address="local", num_cpus=4, num_gpus=2, include_dashboard=False, logging_level="ERROR")
-    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # workers cannot import tests/
-    yield
-    ray.shutdown()
-
-
 # --------------------------------------------------------------------------- policy
 
 @pytest.mark.parametrize("queue, expected", [(0, 1), (1, 1), (4, 1), (5, 2), (8, 2), (9, 3), (100, 3)])
@@ -194,7 +185,7 @@ class EchoEngine:
         self.adapters[name] = path
 
 
-def test_pool_grows_with_the_queue_keeps_order_and_shrinks_when_idle(local_ray):
+def test_pool_grows_with_the_queue_keeps_order_and_shrinks_when_idle(gpu_ray):
     config = PoolConfig(min_replicas=1, max_replicas=2, target_queue_per_replica=2, batch_size=2,
                         num_gpus=1, scale_down_after_s=0)
     pool = EnginePool(None, config, engine_factory=EchoEngine)
@@ -212,7 +203,7 @@ def test_pool_grows_with_the_queue_keeps_order_and_shrinks_when_idle(local_ray):
         pool.shutdown()
 
 
-def test_new_replicas_get_every_registered_adapter(local_ray):
+def test_new_replicas_get_every_registered_adapter(gpu_ray):
     config = PoolConfig(min_replicas=1, max_replicas=2, target_queue_per_replica=1, batch_size=1,
                         num_gpus=0, scale_down_after_s=60)
     pool = EnginePool(None, config, engine_factory=EchoEngine)
@@ -238,7 +229,7 @@ class CrashOnceEngine(EchoEngine):
         return super().score_labels(items, adapter, labels)
 
 
-def test_a_replica_that_dies_is_replaced_and_its_batch_sent_again(local_ray, tmp_path):
+def test_a_replica_that_dies_is_replaced_and_its_batch_sent_again(gpu_ray, tmp_path):
     pool = EnginePool(None, PoolConfig(min_replicas=1, max_replicas=1, batch_size=1, num_gpus=0),
                       engine_factory=CrashOnceEngine)
     try:
@@ -249,7 +240,7 @@ def test_a_replica_that_dies_is_replaced_and_its_batch_sent_again(local_ray, tmp
         pool.shutdown()
 
 
-def test_tensor_parallel_replica_reserves_its_gpus_in_a_placement_group(local_ray):
+def test_tensor_parallel_replica_reserves_its_gpus_in_a_placement_group(gpu_ray):
     pool = EnginePool(None, PoolConfig(min_replicas=1, max_replicas=1, tensor_parallel=2),
                       engine_factory=EchoEngine)
     try:
@@ -260,7 +251,7 @@ def test_tensor_parallel_replica_reserves_its_gpus_in_a_placement_group(local_ra
     assert free_gpus_become(2)
 
 
-def test_shared_pool_actor_and_a_real_transformers_replica(local_ray, tiny, student):
+def test_shared_pool_actor_and_a_real_transformers_replica(gpu_ray, tiny, student):
     pool = start_shared_pool("test-pool", tiny, PoolConfig(engine="transformers", num_gpus=0, batch_size=8))
     try:
         assert ray.get_actor("test-pool")  # reachable by name from any researcher
