@@ -84,6 +84,9 @@ def build_parser() -> argparse.ArgumentParser:
     hold.add_argument("--method", required=True)
     hold.add_argument("--seeds", type=parse_seeds, default=parse_seeds("1-5"))
     hold.add_argument("--experiment", default="aar-holdout")
+    hold.add_argument("--shuffle-teacher", action="store_true",
+                      help="the teacher-ablation control: the same runs with the teacher's labels shuffled "
+                           "across rows; a method whose PGR does not move is not using the teacher")
     _common(hold)
 
     ui = sub.add_parser("ui", help="open the MLflow UI on the tracking store")
@@ -178,7 +181,7 @@ def cmd_score_holdout(args) -> int:
     from aar_ray.experiments.holdout import score_holdout
 
     for row in score_holdout(args.testbed, args.method, args.seeds, _home(args),
-                             args.tracking_uri, args.experiment):
+                             args.tracking_uri, args.experiment, shuffle_teacher=args.shuffle_teacher):
         print(f"seed {row['seed']}: holdout PGR {row['pgr']:.2f} (transfer {row['transfer_acc']:.2f})")
     return 0
 

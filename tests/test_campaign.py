@@ -55,7 +55,8 @@ def test_laptop_campaign_runs_checks_generalisation_and_writes_a_report(small_ho
     runs = mlflow.search_runs(experiment_names=["campaign-ci"])
     assert {"baseline"} - set(runs["tags.submitter"].dropna()) == {"baseline"}  # only researchers and operator
     holdout = runs[runs["tags.split"] == "holdout"]
-    assert len(holdout) == 2 * 2 * 2  # top-2 ideas x 2 testbeds x 2 seeds
+    assert len(holdout) == 2 * 2 * 2 + 2 * 2  # top-2 ideas x 2 testbeds x 2 seeds, + the teacher ablation
+    assert all(isinstance(row["ignores_teacher"], bool) for row in table)
     parent = runs[runs["tags.mlflow.runName"] == "campaign-ci"]
     artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(parent["run_id"].iloc[0])}
     assert {"report.md", "pgr_over_time.png", "generalisation.json", "cost.json"} <= artifacts

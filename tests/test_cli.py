@@ -72,6 +72,15 @@ def test_score_holdout_reruns_the_method_on_the_holdout_half(workdir):
     audit = pd.read_json(workdir / ".aar" / "sealed" / "audit.jsonl", lines=True)
     holdout = audit[audit["split"] == "holdout"]
     assert len(holdout) == 1 and set(holdout["submitter"]) == {"operator"}
+    # The teacher-ablation control: the prior takes only the teacher's share of True, which a
+    # shuffle keeps, so its PGR does not move.
+    shuffled = aar("score-holdout", "--testbed", "tax", "--method", "zero_shot_prior", "--seeds", "1",
+                   "--shuffle-teacher", cwd=workdir).stdout
+    assert shuffled.splitlines()[-1] == out.splitlines()[-1]
+    mlflow.set_tracking_uri(f"sqlite:///{workdir / 'mlflow.db'}")
+    runs = mlflow.search_runs(experiment_names=["aar-holdout"])
+    assert sorted(runs["tags.ablation"].fillna("none")) == ["none", "shuffled_teacher"]
+    assert set(runs["params.shuffle_teacher"]) == {"False", "True"}
 
 
 def test_bad_method_name_fails_before_any_work(workdir):

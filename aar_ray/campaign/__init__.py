@@ -39,6 +39,10 @@ class GeneralisationConfig:
     top_k: int = 3
     seeds: list[int] = field(default_factory=lambda: [1, 2, 3])
     flag_drop: float = 0.15  # flag when holdout PGR is this far below validation PGR
+    # Re-run each idea with the teacher's labels shuffled; an idea whose holdout PGR moves less
+    # than this is flagged `ignores_teacher` (reported, not disqualified: some do it on purpose).
+    teacher_ablation: bool = True
+    ablation_min_change: float = 0.1
 
 
 @dataclass

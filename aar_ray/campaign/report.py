@@ -96,6 +96,8 @@ def write_report(config, forum, tracker, parent_run_id: str, statuses: list[dict
     lines += _markdown_table(board, ["researcher", "idea", "pgr", "transfer_acc", "seeds", "flags"])
     columns = ["idea", "researcher", "validation_pgr"] + [
         c for t in [config.testbed, *config.heldout_testbeds] for c in (f"{t}_holdout_pgr", f"{t}_ci95")] + ["flagged"]
+    if config.generalisation.teacher_ablation:
+        columns += ["shuffled_teacher_pgr", "ignores_teacher"]
     lines += ["", "## Generalisation (holdout PGR, mean and 95% CI half-width over seeds, re-run from code)", ""]
     lines += _markdown_table(table, columns)
     lines += ["", "## Cost", ""] + _markdown_table([cost], list(cost))

@@ -31,10 +31,16 @@ class ExperimentSpec:
     eval_split: str = "validation"
     code: str | None = None  # an idea file's source; it then runs in the sandbox as `method`
     num_gpus: float = 0.0  # GPUs the experiment task holds while it runs (0 on the CPU testbeds)
+    shuffle_teacher: bool = False  # the teacher-ablation control: weak labels permuted across rows
 
     @property
     def label(self) -> str:
         return f"idea:{self.method}" if self.code is not None else method_label(self.method, self.params)
+
+    @property
+    def run_name(self) -> str:
+        ablation = " [shuffled teacher]" if self.shuffle_teacher else ""
+        return f"{self.label}/{self.testbed}/seed{self.seed}{ablation}"
 
 
 @dataclass
@@ -52,9 +58,11 @@ def run_method(spec: ExperimentSpec, run=None) -> MethodResult:
     wall, cpu = time.perf_counter(), time.process_time()
     meta = testbed_meta(spec.testbed, spec.home)
     public = load_public(spec.testbed, spec.home)
+    weak = weak_labels(spec.testbed, spec.home, spec.teacher, spec.seed)
+    if spec.shuffle_teacher:
+        weak = weak.shuffled(spec.seed)
     ctx = MethodContext(
-        testbed=spec.testbed, format=meta["format"], public=public,
-        weak=weak_labels(spec.testbed, spec.home, spec.teacher, spec.seed),
+        testbed=spec.testbed, format=meta["format"], public=public, weak=weak,
         eval_split=spec.eval_split, seed=spec.seed, params=dict(spec.params),
         new_student=student_factory(spec.testbed, spec.home, spec.student, spec.seed))
     probs = np.asarray((run or METHODS[spec.method].run)(ctx), dtype=np.float64).reshape(-1)
@@ -69,7 +77,7 @@ def experiment_params(spec: ExperimentSpec) -> dict:
     student = resolve_student_config(spec.student, spec.testbed, spec.home)
     return {"testbed": spec.testbed, "method": spec.label, "method_name": spec.method,
             "kind": "idea" if spec.code is not None else "library",
-            "seed": spec.seed, "eval_split": spec.eval_split,
+            "seed": spec.seed, "eval_split": spec.eval_split, "shuffle_teacher": spec.shuffle_teacher,
             **{f"param.{k}": v for k, v in spec.params.items()},
             **{f"student.{k}": v for k, v in asdict(student).items()},
             **{f"teacher.{k}": v for k, v in asdict(spec.teacher).items()}}
@@ -116,9 +124,10 @@ def record_experiment(tracker, spec: ExperimentSpec, result: MethodResult | None
         metrics.update(wall_seconds=result.wall_seconds, cpu_seconds=result.cpu_seconds,
                        **{f"method.{k}": v for k, v in result.metrics.items()})
     tags = {"aar_kind": "experiment", "submitter": submitter, "split": spec.eval_split,
+            **({"ablation": "shuffled_teacher"} if spec.shuffle_teacher else {}),
             **({"flags": ",".join(score["flags"])} if score.get("flags") else {}),
             **({"error": error[:4000]} if error else {}), **({"aar_key": key} if key else {})}
     return tracker.log_experiment(
-        f"{spec.label}/{spec.testbed}/seed{spec.seed}", experiment_params(spec), metrics, tags,
+        spec.run_name, experiment_params(spec), metrics, tags,
         predictions=predictions, config={k: v for k, v in asdict(spec).items() if k != "code"},
         code=spec.code, parent_run_id=parent_run_id)

@@ -20,7 +20,7 @@ from aar_ray.tracking import Tracker
 
 def score_holdout(testbed: str, method: str, seeds: list[int], home: str, tracking_uri: str | None,
                   experiment: str = "aar-holdout", student: StudentConfig = StudentConfig(),
-                  teacher: TeacherConfig = TeacherConfig()) -> list[dict]:
+                  teacher: TeacherConfig = TeacherConfig(), shuffle_teacher: bool = False) -> list[dict]:
     connect_ray()
     home = str(Path(home).resolve())
     ensure_testbed(testbed, home)
@@ -30,7 +30,8 @@ def score_holdout(testbed: str, method: str, seeds: list[int], home: str, tracki
     tracker = Tracker(tracking_uri, experiment)
     rows = []
     for seed in seeds:
-        spec = ExperimentSpec(testbed, name, seed, home, params, student, teacher, eval_split="holdout")
+        spec = ExperimentSpec(testbed, name, seed, home, params, student, teacher, eval_split="holdout",
+                              shuffle_teacher=shuffle_teacher)
         result, score, error = finish(submit_experiment(spec), scorer, "operator", spec, key)
         run_id = record_experiment(tracker, spec, result, score, "operator", error)
         if error:

@@ -108,6 +108,15 @@ class Forum:
     def results(self) -> list[dict]:
         return self._rows(select(results).where(results.c.campaign == self.campaign).order_by(results.c.id))
 
+    def add_flag(self, result_id: int, flag: str) -> None:
+        """Append a flag (comma-separated, each once) to a result; shown on the leaderboard."""
+        with self.engine.begin() as conn:
+            current = conn.execute(select(results.c.flags).where(results.c.id == result_id)).scalar() or ""
+            flags = [f for f in current.split(",") if f]
+            if flag not in flags:
+                conn.execute(results.update().where(results.c.id == result_id)
+                             .values(flags=",".join([*flags, flag])))
+
     def disqualify(self, result_id: int, reason: str) -> None:
         with self.engine.begin() as conn:
             conn.execute(results.update().where(results.c.id == result_id).values(disqualified=reason))

@@ -92,6 +92,14 @@ class WeakLabels:
     teacher: dict
     seed: int
 
+    def shuffled(self, seed: int) -> "WeakLabels":
+        """The teacher-ablation control: each split's labels permuted across its rows. The share of
+        True (or A) is kept and only the row-to-label link is broken, so a method that scores as
+        well with these is not using what the teacher knows about each row."""
+        rng = np.random.default_rng(seed)
+        return WeakLabels({split: rng.permutation(p) for split, p in self.probs.items()},
+                          {**self.teacher, "shuffled": True}, self.seed)
+
 
 def weak_labels(name: str, home: Path, teacher: TeacherConfig, seed: int) -> WeakLabels:
     """Train the teacher on train_label and label the other splits, once per (config, seed)."""

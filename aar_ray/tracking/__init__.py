@@ -128,6 +128,13 @@ class Tracker:
             return None
         return found[0].info.run_id if found else None
 
+    def add_flag(self, run_id: str, flag: str) -> None:
+        """Append a flag to a recorded run's `flags` tag (the tag the scorer's flags go in)."""
+        current = self.client.get_run(run_id).data.tags.get("flags", "")
+        flags = [f for f in current.split(",") if f]
+        if flag not in flags:
+            self.client.set_tag(run_id, "flags", ",".join([*flags, flag]))
+
     def start_parent(self, run_name: str, params: dict) -> str:
         run = self.client.create_run(self.experiment_id, run_name=run_name)
         self.client.log_batch(run.info.run_id, params=[Param(k, str(v)) for k, v in params.items()])
