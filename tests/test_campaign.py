@@ -1,6 +1,7 @@
 """Campaigns end to end through `aar campaign`: search researchers, generalisation, report, and
 resume after the driver is killed mid-campaign with nothing lost or counted twice."""
 
+import contextlib
 import json
 import os
 import signal
@@ -140,3 +141,56 @@ def test_a_killed_researcher_actor_restarts_and_resumes_its_work(small_home, tmp
     assert outcome["researchers"][0]["stopped"].startswith("finished")
     keys = [r["call_key"] for r in forum.results()]
     assert len(keys) == len(set(keys)) == 3
+
+
+def _kill_a_running_experiment_worker(deadline: float) -> int:
+    """SIGKILL the worker process of a running experiment task (Ray titles it after the task)."""
+    import psutil
+
+    while time.time() < deadline:
+        for proc in psutil.process_iter(["pid", "cmdline"]):
+            if any("ray::run_method_task" in part for part in proc.info["cmdline"] or []):
+                with contextlib.suppress(psutil.Error):
+                    proc.kill()
+                    return proc.info["pid"]
+        time.sleep(0.02)
+    raise AssertionError("no experiment task was seen running")
+
+
+def test_a_killed_experiment_worker_is_retried_and_counted_once(small_home, tmp_path, local_ray):
+    import threading
+
+    from aar_ray.campaign import run_campaign
+    from aar_ray.forum import Forum, default_url
+
+    config = load_config(CampaignConfig, CONF / "campaign" / "laptop.yaml", [
+        "name=workerkill", *SMALL_CAMPAIGN, "researchers=1", f"home={small_home}",
+        f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}"])
+    outcome = {}
+    driver = threading.Thread(target=lambda: outcome.update(run_campaign(config, progress=False)))
+    driver.start()
+    killed = _kill_a_running_experiment_worker(deadline=time.time() + 600)
+    driver.join(timeout=600)
+    assert killed and outcome["researchers"][0]["stopped"].startswith("finished")
+    results = Forum(default_url(small_home), "workerkill").results()
+    keys = [r["call_key"] for r in results]
+    assert len(keys) == len(set(keys)) == 3 and all(r["pgr"] is not None for r in results)
+    # the scorer's audit log, MLflow and the forum agree: every seed scored once, recorded once
+    audit = pd.read_json(small_home / "sealed" / "audit.jsonl", lines=True)
+    scored = audit[(audit["outcome"] == "scored") & audit["key"].fillna("").str.startswith("workerkill/")]
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    runs = mlflow.search_runs(experiment_names=["campaign-workerkill"], filter_string="tags.split = 'validation'")
+    seeds = sum(len(r["seeds"].split(",")) for r in results)
+    assert len(scored) == len(set(scored["key"])) == seeds == len(runs)
+    assert "tags.error" not in runs or runs["tags.error"].isna().all()
+
+
+def test_an_experiment_whose_worker_keeps_dying_is_recorded_as_an_error_not_a_crash(local_ray):
+    from aar_ray.experiments.sweep import finish
+
+    @local_ray.remote(max_retries=0)
+    def dies():
+        os._exit(1)
+
+    result, score, error = finish(dies.remote(), scorer=None, submitter="r0", spec=None)
+    assert result is None and score == {} and "worker died" in error and "nothing was scored" in error

@@ -20,7 +20,7 @@ from aar_ray.agents.budget import Budget, BudgetExceeded
 from aar_ray.experiments import ExperimentSpec, record_experiment, score_result
 from aar_ray.methods import METHODS, MethodSpecError, parse_method
 from aar_ray.models import StudentConfig, TeacherConfig
-from aar_ray.sandbox import Sandbox, SandboxLimits
+from aar_ray.sandbox import MIB, Sandbox, SandboxLimits, disk_usage
 from aar_ray.testbeds import load_public, testbed_meta
 
 TASK = """\
@@ -134,9 +134,17 @@ def read_file(ctx: ToolContext, path: str) -> dict:
 
 def write_file(ctx: ToolContext, path: str, content: str) -> dict:
     full = _workspace_file(ctx, path)
+    data = content.encode()
+    quota = ctx.shell_limits.workspace_mb
+    if quota is not None:  # the same quota the shell's commands are held to
+        replaced = full.stat().st_blocks * 512 if full.is_file() else 0
+        after = disk_usage(ctx.workspace) - replaced + len(data)
+        if after > quota * MIB:
+            raise ToolError(f"writing {path} would put your workspace at {after / MIB:.0f} MiB, over its "
+                            f"quota of {quota} MiB; delete files first")
     full.parent.mkdir(parents=True, exist_ok=True)
-    full.write_text(content)
-    return {"path": path, "bytes": len(content.encode())}
+    full.write_bytes(data)
+    return {"path": path, "bytes": len(data)}
 
 
 def run_shell(ctx: ToolContext, command: str) -> dict:
@@ -156,7 +164,7 @@ def run_experiment(ctx: ToolContext, seeds: list[int], idea_file: str | None = N
     researcher that restarts gets the recorded result instead of running it again."""
     import ray
 
-    from aar_ray.experiments.sweep import submit_experiment
+    from aar_ray.experiments.sweep import submit_experiment, worker_lost
 
     key = f"{ctx.campaign}/{ctx.researcher}/{call_id}"
     done = ctx.forum.result_for(key)
@@ -179,6 +187,8 @@ def run_experiment(ctx: ToolContext, seeds: list[int], idea_file: str | None = N
             score, error = score_result(ctx.scorer, ctx.researcher, s, result, key=seed_key)
         except ray.exceptions.RayTaskError as err:
             result, score, error = None, {}, f"{type(err.cause).__name__}: {err.cause}"
+        except ray.exceptions.RayError as err:  # the worker or node died more often than retried
+            result, score, error = None, {}, worker_lost(err)
         run_ids.append(record_experiment(ctx.tracker, s, result, score, ctx.researcher, error,
                                          ctx.parent_run_id, key=seed_key))
         per_seed.append(score.get("pgr"))

@@ -37,7 +37,12 @@ def connect_ray(num_cpus: int | None = None) -> None:
                  log_to_driver=False)
 
 
-@ray.remote(num_cpus=1)
+# A worker or node that dies mid-run is retried (the experiment is pure: same spec, same answer);
+# an exception raised by the method itself is not, it is the experiment's result.
+EXPERIMENT_RETRIES = 3
+
+
+@ray.remote(num_cpus=1, max_retries=EXPERIMENT_RETRIES, retry_exceptions=False)
 def run_method_task(spec: ExperimentSpec):
     import torch
 
@@ -76,12 +81,20 @@ def prepare(config: BaselineConfig, scorer, progress: bool = True) -> None:
         ray.get(scorer.baselines.remote(testbed))
 
 
+def worker_lost(err: Exception) -> str:
+    """The error an experiment records when its worker or node died on every attempt."""
+    return (f"the experiment's worker died on each of its {1 + EXPERIMENT_RETRIES} attempts "
+            f"({type(err).__name__}); nothing was scored")
+
+
 def finish(ref, scorer, submitter: str, spec: ExperimentSpec, operator_key: str | None = None):
     """(result, score, error) of a finished run_method_task; a failed method is an error, not a crash."""
     try:
         result = ray.get(ref)
     except ray.exceptions.RayTaskError as err:
         return None, {}, f"{type(err.cause).__name__}: {err.cause}"
+    except ray.exceptions.RayError as err:
+        return None, {}, worker_lost(err)
     score, error = score_result(scorer, submitter, spec, result, operator_key)
     return result, score, error
 

@@ -9,9 +9,9 @@ directories, the Python installation, the caller's read-only paths and one writa
 mounted; masks over hidden paths inside those; private network, pid, ipc and uts namespaces;
 a whitelisted environment; an unprivileged user in a per-run user namespace (so RLIMIT_NPROC
 applies even when the host side is root); rlimits on memory, CPU, processes and file size; a
-seccomp filter against nested user namespaces; a wall-clock timeout; capped output capture.
-Not covered: kernel exploits beyond that filter, covert timing channels, total memory across
-processes (rlimits are per process), and disk usage of the workspace (see `SandboxLimits`).
+seccomp filter against nested user namespaces; a wall-clock timeout; capped output capture;
+a disk quota on the workspace (see `SandboxLimits`). Not covered: kernel exploits beyond that
+filter, covert timing channels, total memory across processes (rlimits are per process).
 
 Usage:
     sandbox = Sandbox(workspace, readonly=[repo, public_data], hidden=[repo / ".aar/sealed"])
@@ -20,6 +20,7 @@ Usage:
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shutil
@@ -30,16 +31,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping, Sequence
 
-from .limits import SandboxLimits
+from .limits import MIB, QUOTA_POLL_SECONDS, SandboxLimits
 from .mounts import bwrap_command, is_within
 from .process import run_capped
 
 __all__ = [
+    "MIB",
     "Sandbox",
     "SandboxLimits",
     "SandboxResult",
     "SandboxUnavailable",
     "check_available",
+    "disk_usage",
 ]
 
 APT_PACKAGE = "bubblewrap"
@@ -64,6 +67,7 @@ class SandboxResult:
     timed_out: bool
     truncated: bool
     wall_seconds: float
+    stopped_because: str | None = None  # e.g. the workspace quota; then stderr says so too
 
     @property
     def ok(self) -> bool:
@@ -110,6 +114,26 @@ def check_available() -> None:
             f"The Debian package is {APT_PACKAGE}."
         )
     _available = True
+
+
+def disk_usage(root: Path) -> int:
+    """Bytes allocated to the files under `root` (blocks, so sparse files count what they
+    hold), symlinks not followed."""
+    total, stack = 0, [str(root)]
+    while stack:
+        try:
+            entries = list(os.scandir(stack.pop()))
+        except OSError:  # removed or unreadable meanwhile
+            continue
+        for entry in entries:
+            try:
+                info = entry.stat(follow_symlinks=False)
+            except OSError:
+                continue
+            total += info.st_blocks * 512
+            if stat.S_ISDIR(info.st_mode):
+                stack.append(entry.path)
+    return total
 
 
 def give_to_sandbox_user(workspace: Path, skip: Sequence[Path]) -> None:
@@ -213,6 +237,7 @@ class Sandbox:
         as_root: bool,
         empty_fd: int,
     ) -> SandboxResult:
+        used_at_start = disk_usage(self.workspace)
         command = bwrap_command(
             bwrap=find_bwrap(),
             as_root=as_root,
@@ -222,7 +247,7 @@ class Sandbox:
             devices=self.devices,
             limits=self.limits,
             env=self._inside_environment(env),
-            launcher_spec=self._launcher_spec(),
+            launcher_spec=self._launcher_spec(workspace_used_bytes=used_at_start),
             command=argv,
             empty_fd=empty_fd,
         )
@@ -234,15 +259,33 @@ class Sandbox:
             wall_seconds=self.limits.wall_seconds,
             max_output_bytes=self.limits.max_output_bytes,
             pass_fds=[empty_fd],
+            watchdog=None if self.limits.workspace_mb is None else functools.partial(self._over_quota, used_at_start),
+            poll_seconds=QUOTA_POLL_SECONDS,
         )
+        stderr = captured.stderr.text()
+        if captured.stopped_because:
+            stderr += f"\n[sandbox: stopped: {captured.stopped_because}]\n"
+        elif self.limits.workspace_mb is not None and used_at_start > self.limits.workspace_mb * MIB:
+            stderr += (f"\n[sandbox: the workspace is over its quota of {self.limits.workspace_mb} MiB: "
+                       "no file can grow until you delete files]\n")
         return SandboxResult(
             returncode=captured.returncode,
             stdout=captured.stdout.text(),
-            stderr=captured.stderr.text(),
+            stderr=stderr,
             timed_out=captured.timed_out,
             truncated=bool(captured.stdout.dropped or captured.stderr.dropped),
             wall_seconds=captured.wall_seconds,
+            stopped_because=captured.stopped_because,
         )
+
+    def _over_quota(self, used_at_start: int) -> str | None:
+        """Stop a command that takes the workspace over its quota. One that starts over it (to
+        read or delete) may go on as long as it does not add to it."""
+        used, quota = disk_usage(self.workspace), self.limits.workspace_mb * MIB
+        if used <= max(quota, used_at_start):
+            return None
+        return (f"the workspace holds {used / MIB:.0f} MiB, over its quota of {self.limits.workspace_mb} MiB; "
+                "delete files to write again")
 
     def _inside_environment(self, extra: Mapping[str, str] | None) -> dict[str, str]:
         interpreter_bin = str(Path(sys.executable).parent)  # the venv's bin: `python` is ours
@@ -255,12 +298,12 @@ class Sandbox:
         env.update(extra or {})
         return env
 
-    def _launcher_spec(self) -> str:
+    def _launcher_spec(self, workspace_used_bytes: int) -> str:
         return json.dumps(
             {
                 "uid": SANDBOX_UID,
                 "gid": SANDBOX_GID,
                 "cwd": str(self.workspace),
-                "rlimits": self.limits.rlimits(),
+                "rlimits": self.limits.rlimits(workspace_used_bytes),
             }
         )

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 MIB = 1024 * 1024
+QUOTA_POLL_SECONDS = 0.1
 
 
 @dataclass(frozen=True)
@@ -16,10 +17,13 @@ class SandboxLimits:
     bounds the total. Set `memory_mb=None` for CUDA work: the driver reserves far more virtual
     address space than it ever touches, and RLIMIT_AS counts reservations.
 
-    Workspace quota: not enforced. The workspace is a bind mount of a host directory, and
-    per-directory quotas need filesystem support (project quotas) that we cannot assume.
-    `max_file_mb` caps each file, and `wall_seconds` caps how long the command can keep writing;
-    callers that need a hard cap should put workspaces on a size-limited filesystem.
+    Workspace quota (`workspace_mb`): the workspace is a bind mount of a host directory, and
+    per-directory quotas need filesystem support (project quotas) that we cannot assume, so it
+    is enforced in three steps: no file may grow past what the quota has left when a command
+    starts (RLIMIT_FSIZE); a watchdog measures the workspace every `QUOTA_POLL_SECONDS` and
+    stops the command once it is over; and while it is over, commands still run (to read and
+    delete) but can grow no file at all. One command can overshoot by what it writes between
+    two polls, in files each no larger than the quota's remainder.
     """
 
     wall_seconds: float = 600.0
@@ -36,6 +40,8 @@ class SandboxLimits:
     max_file_mb: int | None = 512
     # Size of each of the private tmpfs mounts (/tmp and /dev/shm); they live in host memory.
     tmp_mb: int = 512
+    # Disk the workspace may hold, in MiB (its files' allocated blocks).
+    workspace_mb: int | None = 2048
 
     def __post_init__(self) -> None:
         if self.wall_seconds <= 0:
@@ -44,17 +50,20 @@ class SandboxLimits:
             raise ValueError(f"max_output_bytes must be >= 0, got {self.max_output_bytes}")
         if self.tmp_mb <= 0:
             raise ValueError(f"tmp_mb must be positive, got {self.tmp_mb}")
-        for name in ("cpu_seconds", "memory_mb", "max_processes", "max_file_mb"):
+        for name in ("cpu_seconds", "memory_mb", "max_processes", "max_file_mb", "workspace_mb"):
             value = getattr(self, name)
             if value is not None and value <= 0:
                 raise ValueError(f"{name} must be positive or None, got {value}")
 
-    def rlimits(self) -> dict[str, int | None]:
+    def rlimits(self, workspace_used_bytes: int = 0) -> dict[str, int | None]:
         """The rlimits the launcher applies inside the sandbox, by `resource` constant name."""
+        file_caps = [self.max_file_mb * MIB if self.max_file_mb is not None else None,
+                     max(0, self.workspace_mb * MIB - workspace_used_bytes) if self.workspace_mb is not None else None]
+        file_caps = [cap for cap in file_caps if cap is not None]
         return {
             "RLIMIT_CPU": self.cpu_seconds,
             "RLIMIT_AS": None if self.memory_mb is None else self.memory_mb * MIB,
-            "RLIMIT_FSIZE": None if self.max_file_mb is None else self.max_file_mb * MIB,
+            "RLIMIT_FSIZE": min(file_caps) if file_caps else None,
             "RLIMIT_NPROC": self.max_processes,
             # Core dumps would write the process's memory into the workspace.
             "RLIMIT_CORE": 0,

@@ -16,7 +16,7 @@ import tempfile
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import IO, Iterator, Mapping, Sequence
+from typing import IO, Callable, Iterator, Mapping, Sequence
 
 READ_CHUNK = 64 * 1024
 # After a kill, how long to wait for the pipes to close before giving up on them.
@@ -49,6 +49,11 @@ class CapturedRun:
     stderr: CappedBuffer
     timed_out: bool
     wall_seconds: float
+    stopped_because: str | None = None  # why the watchdog stopped it, if it did
+
+
+# A check polled while the command runs: a reason to stop it, or None to let it go on.
+Watchdog = Callable[[], "str | None"]
 
 
 @contextmanager
@@ -75,9 +80,12 @@ def pump_output(
     process: subprocess.Popen,
     buffers: dict[int, CappedBuffer],
     deadline: float,
-) -> bool:
-    """Read both pipes until they close or the deadline passes; True if it timed out."""
-    timed_out = False
+    watchdog: Watchdog | None = None,
+    poll_seconds: float = 0.1,
+) -> tuple[bool, str | None]:
+    """Read both pipes until they close or the deadline passes, asking `watchdog` every
+    `poll_seconds`; returns (timed out, the watchdog's reason to stop, if it gave one)."""
+    timed_out, stopped_because = False, None
     with selectors.DefaultSelector() as selector:
         for pipe in (process.stdout, process.stderr):
             selector.register(pipe, selectors.EVENT_READ)
@@ -90,13 +98,19 @@ def pump_output(
                 kill_process_group(process)
                 deadline = time.monotonic() + DRAIN_AFTER_KILL_SECONDS
                 continue
-            for key, _ in selector.select(timeout=remaining):
+            if watchdog is not None and stopped_because is None and not timed_out:
+                stopped_because = watchdog()
+                if stopped_because is not None:
+                    kill_process_group(process)
+                    deadline = min(deadline, time.monotonic() + DRAIN_AFTER_KILL_SECONDS)
+            wait = remaining if watchdog is None or stopped_because else min(remaining, poll_seconds)
+            for key, _ in selector.select(timeout=wait):
                 chunk = os.read(key.fd, READ_CHUNK)
                 if chunk:
                     buffers[key.fd].feed(chunk)
                 else:
                     selector.unregister(key.fileobj)
-    return timed_out
+    return timed_out, stopped_because
 
 
 def run_capped(
@@ -107,6 +121,8 @@ def run_capped(
     wall_seconds: float,
     max_output_bytes: int,
     pass_fds: Sequence[int] = (),
+    watchdog: Watchdog | None = None,
+    poll_seconds: float = 0.1,
 ) -> CapturedRun:
     started = time.monotonic()
     deadline = started + wall_seconds
@@ -123,7 +139,7 @@ def run_capped(
     stdout, stderr = CappedBuffer(max_output_bytes), CappedBuffer(max_output_bytes)
     try:
         buffers = {process.stdout.fileno(): stdout, process.stderr.fileno(): stderr}
-        timed_out = pump_output(process, buffers, deadline)
+        timed_out, stopped_because = pump_output(process, buffers, deadline, watchdog, poll_seconds)
         timed_out = wait_until(process, deadline) or timed_out
     finally:
         # Also on KeyboardInterrupt or any error here: never leave a sandbox running.
@@ -138,6 +154,7 @@ def run_capped(
         stderr=stderr,
         timed_out=timed_out,
         wall_seconds=time.monotonic() - started,
+        stopped_because=stopped_because,
     )
 
 
