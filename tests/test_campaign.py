@@ -119,18 +119,26 @@ def test_operator_can_pause_stop_and_inspect_a_campaign(small_home, tmp_path):
         set_control(str(small_home), name, "explode")
 
 
-def test_a_killed_researcher_actor_restarts_and_resumes_its_work(small_home, tmp_path, local_ray):
+def _one_researcher_campaign_in_a_thread(name: str, home, tmp_path):
+    """A campaign run by this process's Ray (so a test can inject faults into it); returns the
+    driver thread and the dict its outcome lands in."""
     import threading
 
     from aar_ray.campaign import run_campaign
-    from aar_ray.forum import Forum, default_url
 
     config = load_config(CampaignConfig, CONF / "campaign" / "laptop.yaml", [
-        "name=actorkill", *SMALL_CAMPAIGN, "researchers=1", f"home={small_home}",
+        f"name={name}", *SMALL_CAMPAIGN, "researchers=1", f"home={home}",
         f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}"])
     outcome = {}
     driver = threading.Thread(target=lambda: outcome.update(run_campaign(config, progress=False)))
     driver.start()
+    return driver, outcome
+
+
+def test_a_killed_researcher_actor_restarts_and_resumes_its_work(small_home, tmp_path, local_ray):
+    from aar_ray.forum import Forum, default_url
+
+    driver, outcome = _one_researcher_campaign_in_a_thread("actorkill", small_home, tmp_path)
     forum = Forum(default_url(small_home), "actorkill")
     deadline = time.time() + 600
     while not forum.results() and time.time() < deadline:
@@ -158,17 +166,9 @@ def _kill_a_running_experiment_worker(deadline: float) -> int:
 
 
 def test_a_killed_experiment_worker_is_retried_and_counted_once(small_home, tmp_path, local_ray):
-    import threading
-
-    from aar_ray.campaign import run_campaign
     from aar_ray.forum import Forum, default_url
 
-    config = load_config(CampaignConfig, CONF / "campaign" / "laptop.yaml", [
-        "name=workerkill", *SMALL_CAMPAIGN, "researchers=1", f"home={small_home}",
-        f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}"])
-    outcome = {}
-    driver = threading.Thread(target=lambda: outcome.update(run_campaign(config, progress=False)))
-    driver.start()
+    driver, outcome = _one_researcher_campaign_in_a_thread("workerkill", small_home, tmp_path)
     killed = _kill_a_running_experiment_worker(deadline=time.time() + 600)
     driver.join(timeout=600)
     assert killed and outcome["researchers"][0]["stopped"].startswith("finished")

@@ -351,6 +351,35 @@ def test_file_larger_than_max_file_mb_cannot_be_written(layout):
     assert (layout["workspace"] / "big.bin").stat().st_size <= MIB
 
 
+def test_processes_together_get_no_more_than_the_cpus_they_were_given(layout):
+    # Two children spin for 1.5 s each; pinned to one core they share it, so together they get
+    # at most ~1.5 s of CPU (less when the machine is busy), where two free cores would give 3 s.
+    result = run_code(
+        make_sandbox(layout, cpus=1),
+        """
+        import os, time
+        print(len(os.sched_getaffinity(0)))
+        try:
+            os.sched_setaffinity(0, range(os.cpu_count()))
+            print("re-pinned")
+        except PermissionError:
+            print("re-pin refused")
+        for _ in range(2):
+            if os.fork() == 0:
+                end = time.monotonic() + 1.5
+                while time.monotonic() < end:
+                    pass
+                os._exit(0)
+        os.wait(); os.wait()
+        print(os.times().children_user + os.times().children_system)
+        """,
+    )
+    assert result.ok, result.stderr
+    cores, repin, cpu_seconds = result.stdout.split("\n")[:3]
+    assert (cores, repin) == ("1", "re-pin refused")
+    assert float(cpu_seconds) < 1.5 * 1.3
+
+
 def test_proc_shows_only_the_sandbox_processes(layout):
     marker = f"host-marker-{uuid.uuid4().hex}"
     host_process = subprocess.Popen(

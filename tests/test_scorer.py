@@ -149,3 +149,15 @@ def _once_restarted(ray, call, seconds=60):
             if time.time() > deadline:
                 raise
             time.sleep(0.5)
+
+
+def test_a_testbed_with_no_gap_is_refused_in_the_audit_log_and_costs_nothing(scorer, small_home, monkeypatch):
+    # A student no better than its teacher (here: baselines that say so) leaves PGR undefined.
+    no_gap = {"weak_acc": 0.8, "strong_acc": 0.8}
+    monkeypatch.setattr(scorer, "baselines", lambda testbed: {"validation": no_gap, "holdout": no_gap})
+    ids, labels = _truth(small_home)
+    with pytest.raises(ScoreError, match="no weak-to-strong gap"):
+        scorer.submit("erin", "tax-small", ids, labels)
+    assert scorer.remaining("erin") == FAST.submissions_per_submitter
+    audit = pd.read_json(small_home / "sealed" / "audit.jsonl", lines=True)
+    assert audit.iloc[-1]["submitter"] == "erin" and "no weak-to-strong gap" in audit.iloc[-1]["outcome"]

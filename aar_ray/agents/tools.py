@@ -62,7 +62,7 @@ class ToolContext:
     max_seeds: int = 5
     experiment_gpus: float = 0.0  # GPUs each experiment task holds
     ladder_noise: float = 0.02  # the leaderboard shows a new best only past this margin (the Ladder)
-    shell_limits: SandboxLimits = field(default_factory=lambda: SandboxLimits(wall_seconds=60))
+    shell_limits: SandboxLimits = field(default_factory=lambda: SandboxLimits(wall_seconds=60, cpus=1))
     finished: str | None = None
 
 

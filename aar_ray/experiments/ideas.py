@@ -38,7 +38,11 @@ def sandbox_for(spec: ExperimentSpec, workspace: Path, limits: SandboxLimits) ->
     return Sandbox(workspace, readonly=readonly, limits=limits, hidden=LABEL_DECIDING)
 
 
-def run_idea(spec: ExperimentSpec, limits: SandboxLimits = SandboxLimits()) -> MethodResult:
+# One core: what the experiment task reserved from Ray (run_method_task's num_cpus).
+IDEA_LIMITS = SandboxLimits(cpus=1)
+
+
+def run_idea(spec: ExperimentSpec, limits: SandboxLimits = IDEA_LIMITS) -> MethodResult:
     workspace = Path(tempfile.mkdtemp(prefix="aar-idea-"))
     try:
         (workspace / "idea.py").write_text(spec.code)

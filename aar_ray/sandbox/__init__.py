@@ -8,8 +8,9 @@ Defences, all from bubblewrap plus a small launcher: an empty root with only the
 directories, the Python installation, the caller's read-only paths and one writable workspace
 mounted; masks over hidden paths inside those; private network, pid, ipc and uts namespaces;
 a whitelisted environment; an unprivileged user in a per-run user namespace (so RLIMIT_NPROC
-applies even when the host side is root); rlimits on memory, CPU, processes and file size; a
-seccomp filter against nested user namespaces; a wall-clock timeout; capped output capture;
+applies even when the host side is root); rlimits on memory, CPU, processes and file size;
+pinning to `cpus` cores; a seccomp filter against nested user namespaces and against re-pinning;
+a wall-clock timeout; capped output capture;
 a disk quota on the workspace (see `SandboxLimits`). Not covered: kernel exploits beyond that
 filter, covert timing channels, total memory across processes (rlimits are per process).
 
@@ -23,6 +24,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import random
 import shutil
 import stat
 import sys
@@ -298,6 +300,14 @@ class Sandbox:
         env.update(extra or {})
         return env
 
+    def _pick_cpus(self) -> list[int] | None:
+        """`limits.cpus` of the cores this process may use, chosen at random so that many
+        sandboxes spread over the machine instead of piling onto the first cores."""
+        allowed = sorted(os.sched_getaffinity(0))
+        if self.limits.cpus is None or self.limits.cpus >= len(allowed):
+            return None
+        return sorted(random.sample(allowed, self.limits.cpus))
+
     def _launcher_spec(self, workspace_used_bytes: int) -> str:
         return json.dumps(
             {
@@ -305,5 +315,6 @@ class Sandbox:
                 "gid": SANDBOX_GID,
                 "cwd": str(self.workspace),
                 "rlimits": self.limits.rlimits(workspace_used_bytes),
+                "cpus": self._pick_cpus(),
             }
         )

@@ -96,17 +96,26 @@ def apply_rlimits(rlimits: dict[str, int | None]) -> None:
         resource.setrlimit(getattr(resource, name), (value, value))
 
 
-# --- seccomp: no new user namespaces -------------------------------------------------------
+def pin_to_cpus(cpus: list[int] | None) -> None:
+    """Run on these CPUs only. Children inherit it, and the seccomp filter below refuses
+    sched_setaffinity, so this caps the CPU of every process in the sandbox together (rlimits
+    only cap each process)."""
+    if cpus:
+        os.sched_setaffinity(0, cpus)
+
+
+# --- seccomp: no new user namespaces, no widening of the CPU set ----------------------------
 # A user namespace gives its creator every capability inside it, which opens kernel code
 # (mounting filesystems, configuring network devices) that unprivileged processes cannot
 # otherwise reach and that has been the entry point of many privilege escalations. Nothing an
 # experiment does needs one, so unshare/clone with CLONE_NEWUSER fail with EPERM. clone3 passes
 # its flags in memory a filter cannot read, so it fails with ENOSYS and glibc falls back to clone.
+# sched_setaffinity fails with EPERM, so no process can leave the CPUs it was pinned to.
 
 _AUDIT_ARCH = {"x86_64": 0xC000003E, "aarch64": 0xC00000B7}
-_SYSCALL_NUMBERS = {  # (unshare, clone, clone3)
-    "x86_64": (272, 56, 435),
-    "aarch64": (97, 220, 435),
+_SYSCALL_NUMBERS = {  # (unshare, clone, clone3, sched_setaffinity)
+    "x86_64": (272, 56, 435, 203),
+    "aarch64": (97, 220, 435, 122),
 }
 _X32_SYSCALL_BIT = 0x40000000  # x86_64's x32 ABI: same arch value, numbers offset by this bit
 
@@ -128,7 +137,7 @@ def user_namespace_filter(machine: str) -> bytes | None:
     """Classic BPF program for seccomp; None on architectures we have no syscall table for."""
     if machine not in _SYSCALL_NUMBERS:
         return None
-    unshare, clone, clone3 = _SYSCALL_NUMBERS[machine]
+    unshare, clone, clone3, sched_setaffinity = _SYSCALL_NUMBERS[machine]
     eperm, enosys = _RET_ERRNO | errno.EPERM, _RET_ERRNO | errno.ENOSYS
     program = [
         _instruction(_BPF_LD_W_ABS, _OFFSET_ARCH),                      # 0
@@ -137,14 +146,16 @@ def user_namespace_filter(machine: str) -> bytes | None:
         _instruction(_BPF_LD_W_ABS, _OFFSET_NR),                        # 3
         _instruction(_BPF_JGE_K, _X32_SYSCALL_BIT, 0, 1),               # 4: x32 -> 5, else 6
         _instruction(_BPF_RET_K, eperm),                                # 5
-        _instruction(_BPF_JEQ_K, clone3, 0, 1),                         # 6: clone3 -> 7, else 8
-        _instruction(_BPF_RET_K, enosys),                               # 7
-        _instruction(_BPF_JEQ_K, unshare, 1, 0),                        # 8: unshare -> 10
-        _instruction(_BPF_JEQ_K, clone, 0, 3),                          # 9: clone -> 10, else 13
-        _instruction(_BPF_LD_W_ABS, _OFFSET_ARG0),                      # 10: flags (low 32 bits)
-        _instruction(_BPF_JSET_K, CLONE_NEWUSER, 0, 1),                 # 11: NEWUSER -> 12
-        _instruction(_BPF_RET_K, eperm),                                # 12
-        _instruction(_BPF_RET_K, _RET_ALLOW),                           # 13
+        _instruction(_BPF_JEQ_K, sched_setaffinity, 0, 1),              # 6: -> 7, else 8
+        _instruction(_BPF_RET_K, eperm),                                # 7
+        _instruction(_BPF_JEQ_K, clone3, 0, 1),                         # 8: clone3 -> 9, else 10
+        _instruction(_BPF_RET_K, enosys),                               # 9
+        _instruction(_BPF_JEQ_K, unshare, 1, 0),                        # 10: unshare -> 12
+        _instruction(_BPF_JEQ_K, clone, 0, 3),                          # 11: clone -> 12, else 15
+        _instruction(_BPF_LD_W_ABS, _OFFSET_ARG0),                      # 12: flags (low 32 bits)
+        _instruction(_BPF_JSET_K, CLONE_NEWUSER, 0, 1),                 # 13: NEWUSER -> 14
+        _instruction(_BPF_RET_K, eperm),                                # 14
+        _instruction(_BPF_RET_K, _RET_ALLOW),                           # 15
     ]
     return b"".join(program)
 
@@ -178,6 +189,7 @@ def main(argv: list[str]) -> int:
     os.chdir(spec["cwd"])
     # Setuid binaries must not regain what we dropped (bwrap sets this too; be explicit).
     _check(_libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "prctl(PR_SET_NO_NEW_PRIVS)")
+    pin_to_cpus(spec.get("cpus"))
     forbid_new_user_namespaces()
     apply_rlimits(spec["rlimits"])
     try:

@@ -14,7 +14,8 @@ class SandboxLimits:
 
     The rlimits are per process (the kernel has no per-tree RLIMIT_AS or RLIMIT_CPU), so a
     command that forks can use up to `max_processes` times `memory_mb`; `max_processes` is what
-    bounds the total. Set `memory_mb=None` for CUDA work: the driver reserves far more virtual
+    bounds the total. CPU across processes is bounded by `cpus`: the sandbox is pinned to that
+    many cores and cannot re-pin itself. Set `memory_mb=None` for CUDA work: the driver reserves far more virtual
     address space than it ever touches, and RLIMIT_AS counts reservations.
 
     Workspace quota (`workspace_mb`): the workspace is a bind mount of a host directory, and
@@ -42,6 +43,8 @@ class SandboxLimits:
     tmp_mb: int = 512
     # Disk the workspace may hold, in MiB (its files' allocated blocks).
     workspace_mb: int | None = 2048
+    # CPU cores every process of the sandbox shares (pinned, and not allowed to re-pin).
+    cpus: int | None = None
 
     def __post_init__(self) -> None:
         if self.wall_seconds <= 0:
@@ -50,7 +53,7 @@ class SandboxLimits:
             raise ValueError(f"max_output_bytes must be >= 0, got {self.max_output_bytes}")
         if self.tmp_mb <= 0:
             raise ValueError(f"tmp_mb must be positive, got {self.tmp_mb}")
-        for name in ("cpu_seconds", "memory_mb", "max_processes", "max_file_mb", "workspace_mb"):
+        for name in ("cpu_seconds", "memory_mb", "max_processes", "max_file_mb", "workspace_mb", "cpus"):
             value = getattr(self, name)
             if value is not None and value <= 0:
                 raise ValueError(f"{name} must be positive or None, got {value}")

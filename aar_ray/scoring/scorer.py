@@ -128,6 +128,10 @@ class Scorer:
             probe = False
             try:
                 ids, probs, hard = self._validated(testbed, split, ids, probs)
+                base = self.baselines(testbed)[split]
+                if base["strong_acc"] <= base["weak_acc"]:
+                    raise ScoreError(f"{testbed!r} has no weak-to-strong gap (ceiling {base['strong_acc']:.3f} "
+                                     f"<= teacher {base['weak_acc']:.3f}); PGR is undefined for this student")
                 if charge and self.remaining(submitter) <= 0:
                     raise BudgetExhausted(f"submitter {submitter!r} has used all "
                                           f"{self.config.submissions_per_submitter} submissions")
@@ -146,10 +150,6 @@ class Scorer:
             flags = self._flags(testbed, split, hard, probe)
             truth = load_sealed(testbed, self.home, split).set_index("id").loc[ids, "label"]
             acc = _accuracy(probs, binary_labels(truth))
-            base = self.baselines(testbed)[split]
-            if base["strong_acc"] <= base["weak_acc"]:
-                raise ScoreError(f"{testbed!r} has no weak-to-strong gap (ceiling {base['strong_acc']:.3f} "
-                                 f"<= teacher {base['weak_acc']:.3f}); PGR is undefined for this student")
             result = {"transfer_acc": self._round(acc), "weak_acc": self._round(base["weak_acc"]),
                       "strong_acc": self._round(base["strong_acc"]),
                       "pgr": self._round(pgr(acc, base["weak_acc"], base["strong_acc"]))}
