@@ -82,6 +82,10 @@ def test_transformers_engine_serves_an_adapter_by_name_like_the_student(tiny, st
     prompt = engine.lm.prompts.text(ROWS[0])
     assert np.allclose(engine.score_labels([prompt], "served", labels=("False", "True")),
                        student.predict_proba("train")[:1], atol=1e-5)
+    # zero-shot: the base model on the claim prompt, whatever adapter the engine holds
+    zero_shot = engine.score_labels(ROWS, zero_shot=True)
+    assert np.allclose(zero_shot, two_way_probability(0, student.zero_shot_scores("train")), atol=1e-5)
+    assert not np.allclose(zero_shot, base, atol=1e-3)  # a different prompt, not the fine-tuning one
     texts = engine.generate(["Question: big"], max_tokens=3, adapter="served")
     assert len(texts) == 1 and isinstance(texts[0], str)
     with pytest.raises(KeyError, match="no adapter 'missing'"):
@@ -146,7 +150,11 @@ def test_vllm_engine_asks_vllm_for_lora_and_label_logprobs(tiny, student, monkey
     assert params[0].kwargs["max_tokens"] == 1 and lora.lora_name == "served"
     n = np.array([len(e.ids) for e in encoded])
     assert np.allclose(p, two_way_probability(-0.1 * n, -0.2 * n))
-    first_id = lora.lora_int_id
+    engine.score_labels(ROWS[:2], zero_shot=True)  # the zero-shot claim prompt, no adapter
+    prompts, params, lora = fake.calls[-1]
+    assert [x["prompt_token_ids"] for x in prompts] == [engine.prompts.encode(r, True).ids for r in ROWS[:2]]
+    assert prompts[0]["prompt_token_ids"] != encoded[0].ids and lora is None
+    first_id = fake.calls[-2][2].lora_int_id
     engine.load_adapter("served", student.adapter_path)  # new weights under an old name: a new id
     engine.score_labels(ROWS[:1], adapter="served")
     assert fake.calls[-1][2].lora_int_id != first_id
@@ -173,7 +181,7 @@ class EchoEngine:
         time.sleep(load_seconds)
         self.adapters = {}
 
-    def score_labels(self, items, adapter=None, labels=None):
+    def score_labels(self, items, adapter=None, labels=None, zero_shot=False):
         time.sleep(0.05)
         return np.array([x["p"] for x in items], dtype=np.float32)
 
@@ -221,12 +229,12 @@ def test_new_replicas_get_every_registered_adapter(gpu_ray):
 class CrashOnceEngine(EchoEngine):
     """Its process dies on the first item that asks for it, as an engine crash would."""
 
-    def score_labels(self, items, adapter=None, labels=None):
+    def score_labels(self, items, adapter=None, labels=None, zero_shot=False):
         marker = items[0].get("crash")
         if marker and not os.path.exists(marker):
             open(marker, "w").close()
             os._exit(1)
-        return super().score_labels(items, adapter, labels)
+        return super().score_labels(items, adapter, labels, zero_shot)
 
 
 def test_a_replica_that_dies_is_replaced_and_its_batch_sent_again(gpu_ray, tmp_path):

@@ -27,7 +27,7 @@ from aar_ray.agents.tools import ToolContext
 from aar_ray.config import TrackingConfig
 from aar_ray.experiments.sweep import connect_ray, prepare
 from aar_ray.forum import Forum, default_url
-from aar_ray.models import StudentConfig, TeacherConfig
+from aar_ray.models import StudentConfig, TeacherConfig, release_student_pool
 from aar_ray.scoring import ScorerConfig, scorer_actor
 from aar_ray.tracking import Tracker
 
@@ -247,6 +247,7 @@ def run_campaign(config: CampaignConfig, resume: bool = False, progress: bool = 
     forum = Forum(config.forum_url or default_url(Path(config.home).resolve()), config.name)
     statuses = run_researchers(config, parent, forum, progress)
     table = generalisation_check(config, forum, tracker, parent)
+    release_student_pool(config.student)  # the shared inference pool's GPUs go back to the cluster
     tracker.flush_spool()  # records spooled while the tracking server was away
     report = write_report(config, forum, tracker, parent, statuses, table, time.time() - started)
     return {"researchers": statuses, "generalisation": table, "report": str(report)}

@@ -5,11 +5,13 @@ The engine classes are imported on first use, so importing the pool pulls in nei
 models nor vllm.
 """
 
-from aar_ray.engines.base import BINARY_LABELS, Engine, two_way_probability
-from aar_ray.engines.pool import EnginePool, PoolConfig, desired_replicas, make_engine, start_shared_pool
+from aar_ray.engines.base import BINARY_LABELS, Engine, encode_items, log_odds, two_way_probability
+from aar_ray.engines.pool import (EnginePool, PoolConfig, desired_replicas, make_engine, shared_pool_name,
+                                  start_shared_pool, stop_shared_pool)
 
 __all__ = ["BINARY_LABELS", "Engine", "EnginePool", "PoolConfig", "TransformersEngine", "VLLMEngine",
-           "desired_replicas", "make_engine", "start_shared_pool", "two_way_probability"]
+           "desired_replicas", "encode_items", "log_odds", "make_engine", "shared_pool_name",
+           "start_shared_pool", "stop_shared_pool", "two_way_probability"]
 
 
 def __getattr__(name: str):

@@ -1,6 +1,6 @@
 """A pool of inference engines, each a Ray actor, that grows and shrinks with its queue.
 
-    caller ──score_labels(rows, adapter)──► EnginePool ──batches──► replica actors (1 engine each)
+    caller ──score_labels(rows, adapter, zero_shot)──► EnginePool ──batches──► replica actors (1 engine each)
 
 A request is cut into batches of `batch_size` items that wait in the pool's queue and go out to
 replicas whose engine has loaded, at most two at a time each (one running, one waiting). The
@@ -13,12 +13,14 @@ present and future, without restarting any engine.
 
 A replica asks Ray for `num_gpus`; with tensor_parallel > 1 it runs inside a placement group of
 that many one-GPU bundles, where vLLM places its tensor-parallel workers. Share one pool among
-many researchers by starting it as a named actor (`start_shared_pool`).
+many researchers by starting it as a named actor (`start_shared_pool`); a causal-LM student with
+`inference: pool` reaches the pool named after its model (`shared_pool_name`) that way.
 """
 
 from __future__ import annotations
 
 import functools
+import hashlib
 import math
 import threading
 import time
@@ -78,8 +80,8 @@ class EngineReplica:
     def ready(self) -> bool:
         return True
 
-    def score_labels(self, items, adapter, labels):
-        return self.engine.score_labels(items, adapter, labels)
+    def score_labels(self, items, adapter, labels, zero_shot=False):
+        return self.engine.score_labels(items, adapter, labels, zero_shot)
 
     def generate(self, prompts, max_tokens, adapter):
         return self.engine.generate(prompts, max_tokens, adapter)
@@ -115,6 +117,7 @@ class EnginePool:
         self._replicas: list[_Replica] = []
         self._adapters: dict[str, str] = {}
         self._queued = 0  # batches submitted and not yet answered, over all callers
+        self._served = 0  # items answered, over all callers
         self._low_since: float | None = None
         self._lock = threading.Lock()
         with self._lock:
@@ -123,13 +126,15 @@ class EnginePool:
     # -- the engine interface
 
     def score_labels(self, items: Sequence[Item], adapter: str | None = None,
-                     labels: tuple[str, str] = BINARY_LABELS) -> np.ndarray:
+                     labels: tuple[str, str] = BINARY_LABELS, zero_shot: bool = False) -> np.ndarray:
         batches = self._batches(items)
-        results = self._run("score_labels", [(b, adapter, labels) for b in batches])
-        return np.concatenate(results) if results else np.zeros(0, dtype=np.float32)
+        results = self._run("score_labels", [(b, adapter, labels, zero_shot) for b in batches])
+        self._count_served(len(items))
+        return np.concatenate(results) if results else np.zeros(0, dtype=np.float64)
 
     def generate(self, prompts: Sequence[str], max_tokens: int, adapter: str | None = None) -> list[str]:
         results = self._run("generate", [(b, max_tokens, adapter) for b in self._batches(prompts)])
+        self._count_served(len(prompts))
         return [text for batch in results for text in batch]
 
     def load_adapter(self, name: str, path: str) -> None:
@@ -155,6 +160,17 @@ class EnginePool:
     def queue_depth(self) -> int:
         return self._queued
 
+    def stats(self) -> dict:
+        """The numbers above, for callers that hold the pool as an actor (properties are not
+        reachable through an actor handle)."""
+        return {"replicas": self.replicas, "ready_replicas": self.ready_replicas,
+                "queue_depth": self.queue_depth, "items_served": self._served}
+
+    def replica_handles(self) -> list:
+        """The replicas' actor handles: for health checks and fault drills."""
+        with self._lock:
+            return [r.handle for r in self._replicas]
+
     def autoscale(self) -> int:
         """Resize to what the current queue asks for; returns the replica count."""
         with self._lock:
@@ -167,6 +183,10 @@ class EnginePool:
             self._replicas = []
 
     # -- internals
+
+    def _count_served(self, n: int) -> None:
+        with self._lock:
+            self._served += n
 
     def _batches(self, items: Sequence) -> list[list]:
         items = list(items)
@@ -288,9 +308,40 @@ class EnginePool:
 
 
 def start_shared_pool(name: str, model: "CausalLMConfig", config: PoolConfig | None = None,
-                      engine_factory: Optional[Callable[[], Engine]] = None, max_concurrency: int = 64):
-    """The pool as a named Ray actor that every researcher can reach with ray.get_actor(name).
-    Its methods run in threads (`max_concurrency`), so callers' batches queue together."""
-    actor = ray.remote(EnginePool).options(name=name, get_if_exists=True, num_cpus=0,
-                                           max_concurrency=max_concurrency)
-    return actor.remote(model, config, engine_factory)
+                      engine_factory: Optional[Callable[[], Engine]] = None, max_concurrency: int = 64,
+                      detached: bool = False):
+    """The pool as a named Ray actor that every researcher can reach with ray.get_actor(name), or
+    the one already running under `name` (its settings win). Its methods run in threads
+    (`max_concurrency`), so callers' batches queue together.
+
+    Ray ends a non-detached actor once its starter's handles are gone; `detached` keeps the pool
+    (and its loaded engines) for the next experiment, until `stop_shared_pool` or the cluster stops."""
+    options = dict(name=name, get_if_exists=True, num_cpus=0, max_concurrency=max_concurrency)
+    if detached:
+        options["lifetime"] = "detached"
+    return ray.remote(EnginePool).options(**options).remote(model, config, engine_factory)
+
+
+def stop_shared_pool(name: str) -> bool:
+    """Stop the named pool and its replicas; False if no pool of that name is running."""
+    try:
+        actor = ray.get_actor(name)
+    except ValueError:
+        return False
+    try:
+        ray.get(actor.shutdown.remote())
+    except ray.exceptions.RayActorError:
+        pass  # already dying: its replicas go with it
+    finally:
+        ray.kill(actor)
+    return True
+
+
+def shared_pool_name(model: "CausalLMConfig") -> str:
+    """The pool every student of one base model shares. The name holds the model's folder name,
+    to be readable in `ray list actors`, and a hash of what changes an engine's answers (which
+    weights, how prompts are formatted and cut, the precision, the LoRA rank it must serve), so
+    differently configured students never read each other's pool."""
+    served = (model.model, model.chat_template, model.max_length, model.dtype, model.lora_r)
+    digest = hashlib.sha1(repr(served).encode()).hexdigest()[:8]
+    return f"engine-pool:{model.model.rstrip('/').split('/')[-1]}-{digest}"

@@ -7,7 +7,7 @@ from typing import Sequence
 
 import numpy as np
 
-from aar_ray.engines.base import BINARY_LABELS, Item, two_way_probability
+from aar_ray.engines.base import BINARY_LABELS, Item, encode_items, two_way_probability
 from aar_ray.models.causal_lm import CausalLMConfig, EncodedPrompt, LabelLM
 
 
@@ -17,13 +17,13 @@ class TransformersEngine:
         self.lm = LabelLM(config, seed)
         self.adapters: dict[str, str] = {}
 
-    def encode(self, items: Sequence[Item], labels: tuple[str, str]) -> list[EncodedPrompt]:
-        return [self.lm.prompts.encode(x) if isinstance(x, dict) else self.lm.prompts.encode_text(x, labels)
-                for x in items]
+    def encode(self, items: Sequence[Item], labels: tuple[str, str],
+               zero_shot: bool = False) -> list[EncodedPrompt]:
+        return encode_items(self.lm.prompts, items, labels, zero_shot)
 
     def score_labels(self, items: Sequence[Item], adapter: str | None = None,
-                     labels: tuple[str, str] = BINARY_LABELS) -> np.ndarray:
-        logit = self.lm.predict_logit(self.encode(items, labels), adapter)
+                     labels: tuple[str, str] = BINARY_LABELS, zero_shot: bool = False) -> np.ndarray:
+        logit = self.lm.predict_logit(self.encode(items, labels, zero_shot), adapter)
         return two_way_probability(np.zeros_like(logit), logit)
 
     def generate(self, prompts: Sequence[str], max_tokens: int, adapter: str | None = None) -> list[str]:

@@ -15,7 +15,7 @@ from typing import Sequence
 
 import numpy as np
 
-from aar_ray.engines.base import BINARY_LABELS, Item, two_way_probability
+from aar_ray.engines.base import BINARY_LABELS, Item, encode_items, two_way_probability
 from aar_ray.models.causal_lm import (CausalLMConfig, EncodedPrompt, PromptEncoder, fetch_adapter,
                                       load_tokenizer, resolve_model_path)
 
@@ -30,8 +30,12 @@ def max_lora_rank_for(rank: int) -> int:
 class VLLMEngine:
     def __init__(self, config: CausalLMConfig, tensor_parallel: int = 1, gpu_memory_utilization: float = 0.85,
                  max_loras: int = 4, seed: int = 0, enforce_eager: bool = False):
-        from vllm import LLM, SamplingParams
-        from vllm.lora.request import LoRARequest
+        try:
+            from vllm import LLM, SamplingParams
+            from vllm.lora.request import LoRARequest
+        except ImportError as err:  # raised in a replica actor: say which setting to change
+            raise ImportError(f"engine_pool.engine: vllm needs vllm on the GPU nodes (pip install -e "
+                              f"'.[gpu]'), or set engine_pool.engine: transformers ({err})") from err
 
         self._SamplingParams, self._LoRARequest = SamplingParams, LoRARequest
         self.config = config
@@ -75,9 +79,8 @@ class VLLMEngine:
             return self._SamplingParams(**one_greedy_token, logprobs=TOP_K_FALLBACK)
 
     def score_labels(self, items: Sequence[Item], adapter: str | None = None,
-                     labels: tuple[str, str] = BINARY_LABELS) -> np.ndarray:
-        encoded = [self.prompts.encode(x) if isinstance(x, dict) else self.prompts.encode_text(x, labels)
-                   for x in items]
+                     labels: tuple[str, str] = BINARY_LABELS, zero_shot: bool = False) -> np.ndarray:
+        encoded = encode_items(self.prompts, items, labels, zero_shot)
         outputs = self.llm.generate([{"prompt_token_ids": e.ids} for e in encoded],
                                     [self.label_params(e) for e in encoded],
                                     lora_request=self._lora(adapter), use_tqdm=False)

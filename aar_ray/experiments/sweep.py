@@ -19,6 +19,7 @@ from tqdm import tqdm
 from aar_ray.config import BaselineConfig
 from aar_ray.experiments import ExperimentSpec, record_experiment, run_method, score_result
 from aar_ray.methods import parse_method
+from aar_ray.models import release_student_pool
 from aar_ray.models.artifacts import testbed_vectors, weak_labels
 from aar_ray.scoring import scorer_actor
 from aar_ray.testbeds import ensure_testbed
@@ -116,6 +117,7 @@ def run_sweep(config: BaselineConfig, progress: bool = True) -> pd.DataFrame:
             record_experiment(tracker, spec, result, score, config.submitter, error, parent)
             bar.set_postfix_str(f"{spec.label}/{spec.testbed} PGR {score.get('pgr', 'failed')}")
             bar.update()
+    release_student_pool(config.student)  # the shared inference pool's GPUs go back to the cluster
     table = leaderboard(tracker.runs(parent_run_id=parent))
     with tempfile.TemporaryDirectory() as tmp:
         csv, png = Path(tmp) / "leaderboard.csv", Path(tmp) / "leaderboard.png"

@@ -28,14 +28,15 @@ def resolve_student_config(config: StudentConfig, testbed: str, home: Path) -> S
 def student_factory(testbed: str, home: Path, config: StudentConfig,
                     seed: int) -> Callable[[], EncoderStudent]:
     """Fresh untrained students for one testbed and seed; the vectors are loaded once.
-    `kind: causal_lm` gives the Qwen-scale student of a model preset, same contract."""
+    `kind: causal_lm` gives the Qwen-scale student of a model preset, same contract; with the
+    preset's `student.inference: pool` its base-model reads go through the preset's `engine_pool`."""
     if config.kind == "causal_lm":
         from aar_ray.compute.presets import load_preset
         from aar_ray.models.causal_lm import CausalLMStudent
 
-        lm_config = load_preset(config.preset).student
+        preset = load_preset(config.preset)
         rows = {split: frame.to_dict("records") for split, frame in load_public(testbed, home).items()}
-        return lambda: CausalLMStudent(rows, lm_config, seed)
+        return lambda: CausalLMStudent(rows, preset.student, seed, pool_config=preset.engine_pool)
     config = resolve_student_config(config, testbed, home)
     vectors = testbed_vectors(testbed, home, config.encoder)
     return lambda: EncoderStudent(vectors, config, seed)
@@ -43,3 +44,15 @@ def student_factory(testbed: str, home: Path, config: StudentConfig,
 
 __all__ = ["HEADS", "BowTeacher", "EncoderStudent", "StudentConfig", "TeacherConfig",
            "resolve_student_config", "student_factory"]
+
+
+def release_student_pool(config: StudentConfig) -> bool:
+    """Stop the shared engine pool that `inference: pool` students of this config started, so
+    its GPUs go back to the cluster when a campaign or sweep ends. False if there was none."""
+    if config.kind != "causal_lm":
+        return False
+    from aar_ray.compute.presets import load_preset
+    from aar_ray.engines.pool import shared_pool_name, stop_shared_pool
+
+    preset = load_preset(config.preset)
+    return preset.student.inference == "pool" and stop_shared_pool(shared_pool_name(preset.student))

@@ -16,6 +16,11 @@ an 8192-token prompt never materialises a 151k-wide logit vector.
 LoRA adapters (peft) are the only trained weights; they are saved to `<adapter_uri>/<name>`
 and can be loaded back by the student, the teacher or an inference engine.
 
+A student's reads of its base model -- the zero-shot prior (the sandbox's `ue_zeroshot`) and
+predictions before any fit -- run in its own process (`inference: local`) or through the shared
+engine pool of its model (`inference: pool`, the preset's `engine_pool`), where many researchers'
+requests share a few vLLM engines instead of each loading the weights.
+
 Weights load from local files only: the hub is never contacted. `model:` is a local folder, a
 hub id already in the local cache, or `tiny:<kind>`, a few-kilobyte model with random weights
 built from a config (plumbing tests and CPU smoke runs, see TINY_MODELS).
@@ -31,7 +36,9 @@ import os
 import shutil
 import tempfile
 import uuid
+import warnings
 from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
 from typing import Iterator, Optional, Sequence, Union
 
@@ -43,6 +50,8 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 import torch  # noqa: E402
 
+from aar_ray.engines.base import BINARY_LABELS, log_odds  # noqa: E402
+from aar_ray.engines.pool import PoolConfig  # noqa: E402
 from aar_ray.models.student import LOSSES, LossFn  # noqa: E402
 
 BINARY_TEMPLATE = "Question: {question}\nAnswer: {choice}\nLabel:"
@@ -80,6 +89,13 @@ STYLES = {
 }
 
 
+class Inference(StrEnum):
+    """Where a student reads its base model (zero-shot scores, predictions before any fit)."""
+
+    local = "local"  # in the student's own process, on its own GPU (or CPU)
+    pool = "pool"  # through the shared engine pool of its model (a preset's engine_pool)
+
+
 @dataclass
 class CausalLMConfig:
     model: str = "Qwen/Qwen3-4B-Base"  # a local folder, a cached hub id, or tiny:<kind>
@@ -103,6 +119,16 @@ class CausalLMConfig:
     num_gpus: float = 1  # GPUs a fit task asks Ray for
     adapter_uri: str = ".aar/adapters"  # a local folder, or a URI pyarrow.fs can write (s3://, gs://)
     dtype: str = "auto"  # auto: bfloat16 on CUDA, float32 on CPU
+    # Students only: `pool` sends base-model reads to the shared engine pool; fitted adapters still
+    # predict in the student's process. A config file's value is checked by OmegaConf (the enum).
+    inference: Inference = Inference.local
+
+    def __post_init__(self):
+        # Python callers may pass a plain string: check it here, with the allowed values.
+        if self.inference not in tuple(Inference):
+            raise ValueError(f"inference={self.inference!r} is not allowed; allowed: "
+                             f"{', '.join(m.value for m in Inference)}")
+        self.inference = Inference(self.inference)
 
 
 class WeightsNotFoundError(FileNotFoundError):
@@ -508,18 +534,32 @@ def _loss_fn(loss: Union[str, LossFn]) -> LossFn:
 class CausalLMStudent:
     """The strong student: fit(split, targets, loss) / predict_proba(split) on a testbed's
     public rows, with the same contract as EncoderStudent. Repeated fits keep training the
-    same adapter, as the encoder student keeps training its head."""
+    same adapter, as the encoder student keeps training its head.
+
+    With `config.inference == "pool"` the base model's reads go to the shared engine pool of
+    `pool_config` (started on first use, then reused by every student of the same model) and the
+    weights are loaded into this process only for a fit. Where no Ray is running (a sandboxed
+    idea) the same reads run locally."""
 
     def __init__(self, rows: dict[str, object], config: CausalLMConfig, seed: int = 0,
-                 name: str | None = None):
+                 name: str | None = None, pool_config: PoolConfig | None = None):
         self.rows = {split: as_records(r) for split, r in rows.items()}
         self.config = config
         self.seed = seed
         self.name = name or f"student-seed{seed}-{uuid.uuid4().hex[:8]}"
-        self.lm = LabelLM(config, seed)
+        self.pool_config = pool_config
+        self._pool = None  # the shared pool's actor handle, once reached
+        # A pool student may never need the weights here (a zero-shot prior): load them on demand.
+        self._lm = LabelLM(config, seed) if config.inference == Inference.local else None
         self.losses: list[float] = []
         self.adapter_path: str | None = None
         self._encoded: dict[tuple[str, bool], list[EncodedPrompt]] = {}
+
+    @property
+    def lm(self) -> LabelLM:
+        if self._lm is None:
+            self._lm = LabelLM(self.config, self.seed)
+        return self._lm
 
     def _prompts(self, split: str, rows: np.ndarray | None, zero_shot: bool = False) -> list[EncodedPrompt]:
         if (split, zero_shot) not in self._encoded:  # tokenise a split once
@@ -538,14 +578,59 @@ class CausalLMStudent:
         return self
 
     def predict_proba(self, split: str, rows: np.ndarray | None = None) -> np.ndarray:
-        adapter = "default" if self.lm.has_adapter("default") else None
+        fitted = self._lm is not None and self._lm.has_adapter("default")
+        if not fitted and self._engine_pool() is not None:  # the base model: the pool serves it
+            return self._pool_scores(split, rows, zero_shot=False).astype(np.float32)
+        adapter = "default" if fitted else None
         return _sigmoid(self.lm.predict_logit(self._prompts(split, rows), adapter))
 
     def zero_shot_scores(self, split: str) -> np.ndarray:
         """The base model's prior, no training and no adapter: log P(True) - log P(False) on
         the sandbox's zero-shot claim prompt (for comparison rows: the claim "A is more
         helpful than B"). Higher means more likely True / more likely A."""
+        if self._engine_pool() is not None:
+            return log_odds(self._pool_scores(split, None, zero_shot=True)).astype(np.float32)
         return self.lm.predict_logit(self._prompts(split, None, zero_shot=True), adapter=None)
+
+    # -- the shared engine pool (inference: pool)
+
+    def _engine_pool(self):
+        """The shared pool's actor handle, or None to read the base model in this process."""
+        if self.config.inference != Inference.pool:
+            return None
+        if self._pool is None:
+            import ray
+
+            if not ray.is_initialized():
+                # No Ray here (a sandboxed idea, a plain script): a pool cannot be reached, and
+                # starting a private Ray for one would load the weights anyway.
+                warnings.warn("inference: pool, but Ray is not running in this process; the "
+                              "base model is read locally", stacklevel=3)
+                return None
+            self._pool = self._start_pool()
+        return self._pool
+
+    def _start_pool(self):
+        from aar_ray.engines.pool import shared_pool_name, start_shared_pool
+
+        # Detached: the pool, and the engines it has loaded, outlive the experiment that started it.
+        return start_shared_pool(shared_pool_name(self.config), self.config, self.pool_config,
+                                 detached=True)
+
+    def _pool_scores(self, split: str, rows: np.ndarray | None, zero_shot: bool) -> np.ndarray:
+        """P(True) / P(A) from the pool; the pool formats each row as this student would."""
+        import ray
+
+        items = self.rows[split] if rows is None else [self.rows[split][i] for i in np.asarray(rows)]
+        try:
+            return ray.get(self._pool.score_labels.remote(items, None, BINARY_LABELS, zero_shot))
+        except ray.exceptions.RayActorError as err:
+            if isinstance(err, ray.exceptions.RayTaskError):
+                raise  # the pool answered with an error (e.g. its replicas kept dying): not ours to retry
+            # The pool actor itself died (its node was lost, someone stopped it): start or find a
+            # new one under the same name and ask once more.
+            self._pool = self._start_pool()
+            return ray.get(self._pool.score_labels.remote(items, None, BINARY_LABELS, zero_shot))
 
     def save_adapter(self, name: str | None = None) -> str:
         """Save the adapter to `<adapter_uri>/<name>` (default: this student's name)."""
