@@ -31,8 +31,9 @@ def only_json_line(stdout: str) -> dict:
 
 @pytest.fixture(scope="module")
 def control_plane_run(small_home):
+    # 3 GPUs: 2 researchers have a GPU free for every experiment, 4 share the pool
     return run_main(control_plane, ["--levels", "2,4", "--experiments", "2", "--hour-seconds", "0.2",
-                                    "--fresh-tasks", "1", "--home", str(small_home)])
+                                    "--gpu-pool", "3", "--fresh-tasks", "1", "--home", str(small_home)])
 
 
 def test_control_plane_prints_one_json_line_with_every_figure(control_plane_run):
@@ -43,11 +44,22 @@ def test_control_plane_prints_one_json_line_with_every_figure(control_plane_run)
     assert set(report["growth_2_to_4"]) == {f"{k}_{s}" for k in ("scheduling_overhead", "scorer_latency",
                                                                  "mlflow_write", "mlflow_wait")
                                            for s in ("p50", "p99")}
+    assert set(report["growth_steps"]) == {"2_to_4"}
+    assert report["gpus"] == 3
     for level in report["per_level"]:
+        assert level["experiments"] == 2 * level["researchers"]
         for key in ("scheduling_overhead_s", "scorer_latency_s", "mlflow_write_s", "mlflow_wait_s"):
             figures = level[key]
-            assert figures["n"] == level["experiments"] == 2 * level["researchers"]
             assert 0 <= figures["p50"] <= figures["p99"] < 30, (key, figures)
+        for key in ("scorer_latency_s", "mlflow_write_s", "mlflow_wait_s"):
+            assert level[key]["n"] == level["experiments"]
+        # every experiment is either timed for scheduling overhead or waited for a GPU
+        assert level["scheduling_overhead_s"]["n"] + level["gpu_queue_wait_s"]["n"] == level["experiments"]
+        assert level["submitted_with_gpu_free"] == level["scheduling_overhead_s"]["n"]
+    small, shared = report["per_level"]
+    assert small["gpu_queue_wait_s"]["n"] == 0 and small["submitted_with_gpu_free"] == small["experiments"]
+    assert "GPU is free for every experiment" in report["gpu_policy"]["2"]
+    assert report["gpu_policy"]["4"].startswith("shared pool: 3 GPUs for 4 researchers")
 
 
 def test_control_plane_loses_nothing_and_keeps_budgets_exact(control_plane_run):
@@ -58,15 +70,33 @@ def test_control_plane_loses_nothing_and_keeps_budgets_exact(control_plane_run):
         assert checks["lost_submissions"] == checks["lost_records"] == 0
         assert checks["remaining_exact"]
         assert checks["over_budget_refused"] == checks["over_budget_audited"] == level["researchers"]
+        assert 0 < checks["peak_gpus_in_use"] <= level["gpus"]  # the scheduler honoured the pool
     assert report["all_checks_pass"]
 
 
 def test_control_plane_books_catch_a_lost_submission():
-    level = {"researchers": 2, "checks": {"lost_submissions": 1, "lost_records": 0, "remaining_exact": True,
-                                          "over_budget_refused": 2, "over_budget_audited": 2}}
+    level = {"researchers": 2, "gpus": 2,
+             "checks": {"lost_submissions": 1, "lost_records": 0, "remaining_exact": True,
+                        "over_budget_refused": 2, "over_budget_audited": 2, "peak_gpus_in_use": 2}}
     assert not control_plane.books_balance(level)
     level["checks"]["lost_submissions"] = 0
     assert control_plane.books_balance(level)
+    level["checks"]["peak_gpus_in_use"] = 3  # more experiments at once than GPUs
+    assert not control_plane.books_balance(level)
+
+
+def test_control_plane_samples_memory_of_its_own_processes():
+    sampler = control_plane.MemorySampler()
+    if not sampler.enabled:
+        pytest.skip("no /proc/self/smaps_rollup")
+    full = sampler.sample(full=True)
+    assert full["rss_mb"] >= full["pss_mb"] > 0 and full["available_mb"] > 0
+    sampler.phase = "x"
+    sampler._record(full)
+    sampler._record(sampler.sample(full=False))
+    report = sampler.report("x")
+    assert report["samples"] == 2 and report["full_samples"] == 1
+    assert report["peak_pss_mb"] == round(full["pss_mb"])
 
 
 def test_shared_pool_does_more_experiments_per_gpu_hour_than_dedicated_gpus():
