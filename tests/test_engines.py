@@ -211,6 +211,18 @@ def test_pool_grows_with_the_queue_keeps_order_and_shrinks_when_idle(gpu_ray):
         pool.shutdown()
 
 
+def test_an_idle_pool_gives_its_gpus_back_without_another_request(gpu_ray):
+    config = PoolConfig(min_replicas=0, max_replicas=1, batch_size=8, num_gpus=1, scale_down_after_s=0.5)
+    pool = EnginePool(None, config, engine_factory=EchoEngine)
+    try:
+        assert pool.replicas == 0 and free_gpus_become(2)
+        assert np.allclose(pool.score_labels([{"p": 0.25}]), [0.25])
+        assert pool.replicas == 1  # kept for scale_down_after_s in case more requests come
+        assert eventually(lambda: pool.replicas == 0, timeout=30) and free_gpus_become(2)
+    finally:
+        pool.shutdown()
+
+
 def test_new_replicas_get_every_registered_adapter(gpu_ray):
     config = PoolConfig(min_replicas=1, max_replicas=2, target_queue_per_replica=1, batch_size=1,
                         num_gpus=0, scale_down_after_s=60)

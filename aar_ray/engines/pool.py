@@ -7,9 +7,10 @@ replicas whose engine has loaded, at most two at a time each (one running, one w
 queue depth (batches submitted and not yet answered, over all callers) sets the number of
 replicas through one pure policy,
 `desired_replicas`: ceil(queue_depth / target_queue_per_replica), clamped to [min, max].
-Growing is immediate; shrinking waits `scale_down_after_s` of low demand, since a vLLM engine
-takes minutes to start. A replica that dies is replaced and its batch sent again. Adapters are registered by name once and loaded into every replica,
-present and future, without restarting any engine.
+Growing is immediate; shrinking waits `scale_down_after_s` of low demand (checked on every
+request and, while idle, by a background thread), since a vLLM engine takes minutes to start.
+A replica that dies is replaced and its batch sent again. Adapters are registered by name once
+and loaded into every replica, present and future, without restarting any engine.
 
 A replica asks Ray for `num_gpus`; with tensor_parallel > 1 it runs inside a placement group of
 that many one-GPU bundles, where vLLM places its tensor-parallel workers. Share one pool among
@@ -122,6 +123,10 @@ class EnginePool:
         self._lock = threading.Lock()
         with self._lock:
             self._resize(self.config.min_replicas)
+        # Shrinking is otherwise only considered when a request arrives: an idle pool would keep
+        # its GPUs until the next one. A daemon thread re-checks while nobody asks.
+        self._stopped = threading.Event()
+        threading.Thread(target=self._watch_idle, daemon=True, name="engine-pool-idle").start()
 
     # -- the engine interface
 
@@ -177,12 +182,20 @@ class EnginePool:
             return self._autoscale()
 
     def shutdown(self) -> None:
+        self._stopped.set()
         with self._lock:
             for replica in self._replicas:
                 self._stop(replica)
             self._replicas = []
 
     # -- internals
+
+    def _watch_idle(self) -> None:
+        every = min(30.0, max(0.1, self.config.scale_down_after_s / 4))
+        while not self._stopped.wait(every):
+            with self._lock:
+                if self._replicas and self._queued == 0:
+                    self._autoscale()
 
     def _count_served(self, n: int) -> None:
         with self._lock:
