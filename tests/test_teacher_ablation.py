@@ -76,3 +76,24 @@ def test_generalisation_flags_the_idea_that_ignores_the_teacher_and_only_that_on
     assert "flags" not in client.get_run(runs["vanilla_w2s"]).data.tags
     ablation_runs = client.search_runs([tracker.experiment_id], "tags.ablation = 'shuffled_teacher'")
     assert len(ablation_runs) == 2 * 2  # two ideas x two seeds, on the research testbed only
+
+
+def test_idea_code_sees_the_teacher_only_through_ctx_so_the_ablation_reaches_it(small_home):
+    from aar_ray.experiments.ideas import run_idea
+    from aar_ray.models import StudentConfig
+    from aar_ray.models.artifacts import testbed_vectors, weak_labels
+
+    testbed_vectors("pref-small", small_home, StudentConfig().encoder)  # shared caches, as prepare() fills them
+
+    # An idea that looks for the cached teacher labels, and returns the teacher's own answers.
+    peek = (f"import glob\nCACHE = {str(small_home / 'cache' / 'weak')!r}\n"
+            "def run(ctx):\n"
+            "    ctx.log('cached_teacher_files', len(glob.glob(CACHE + '/**/*.parquet', recursive=True)))\n"
+            "    return ctx.weak.probs[ctx.eval_split]\n")
+    teacher = weak_labels("pref-small", small_home, ExperimentSpec("pref-small", "", 1, "").teacher, 1)
+    assert list((small_home / "cache" / "weak").rglob("*.parquet"))  # the cache is there, outside
+    results = {shuffled: run_idea(ExperimentSpec("pref-small", "peek", 1, str(small_home), code=peek,
+                                                 shuffle_teacher=shuffled)) for shuffled in (False, True)}
+    assert all(r.metrics["cached_teacher_files"] == 0 for r in results.values())
+    np.testing.assert_allclose(results[False].probs, teacher.probs["validation"], rtol=1e-6)
+    assert not np.allclose(results[True].probs, teacher.probs["validation"])

@@ -15,7 +15,7 @@ import pandas as pd
 
 from aar_ray.methods import METHODS, MethodContext, method_label
 from aar_ray.models import StudentConfig, TeacherConfig, resolve_student_config, student_factory
-from aar_ray.models.artifacts import weak_labels
+from aar_ray.models.artifacts import WeakLabels, weak_labels
 from aar_ray.testbeds import load_public, testbed_meta
 
 
@@ -52,15 +52,22 @@ class MethodResult:
     cpu_seconds: float
 
 
-def run_method(spec: ExperimentSpec, run=None) -> MethodResult:
+def teacher_labels(spec: ExperimentSpec) -> WeakLabels:
+    """What the experiment's method sees of the teacher: its labels, shuffled across rows when
+    the spec is the teacher-ablation control."""
+    weak = weak_labels(spec.testbed, spec.home, spec.teacher, spec.seed)
+    return weak.shuffled(spec.seed) if spec.shuffle_teacher else weak
+
+
+def run_method(spec: ExperimentSpec, run=None, weak: WeakLabels | None = None) -> MethodResult:
     """Run one method for one seed on public data; return its predictions for spec.eval_split.
-    `run` is an idea's run(ctx) (see ideas.py); by default the library method spec.method."""
+    `run` is an idea's run(ctx) (see ideas.py); by default the library method spec.method.
+    `weak` is `teacher_labels(spec)` when the caller already has it (a sandboxed idea cannot
+    read the cache)."""
     wall, cpu = time.perf_counter(), time.process_time()
     meta = testbed_meta(spec.testbed, spec.home)
     public = load_public(spec.testbed, spec.home)
-    weak = weak_labels(spec.testbed, spec.home, spec.teacher, spec.seed)
-    if spec.shuffle_teacher:
-        weak = weak.shuffled(spec.seed)
+    weak = weak or teacher_labels(spec)
     ctx = MethodContext(
         testbed=spec.testbed, format=meta["format"], public=public, weak=weak,
         eval_split=spec.eval_split, seed=spec.seed, params=dict(spec.params),

@@ -1,15 +1,19 @@
 """Runs inside the sandbox: load `idea.py` from the working directory, call its run(ctx) through
-the same path as library methods, and write predictions.parquet and metrics.json beside it."""
+the same path as library methods (with the teacher's labels from `weak.npz`, since the sandbox
+hides their cache), and write predictions.parquet and metrics.json beside it."""
 
 import importlib.util
 import json
 import sys
+from dataclasses import asdict
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from aar_ray.experiments import ExperimentSpec, run_method
 from aar_ray.models import StudentConfig, TeacherConfig
+from aar_ray.models.artifacts import WeakLabels
 
 
 def load_spec(path: Path) -> ExperimentSpec:
@@ -31,7 +35,10 @@ def main(spec_file: str) -> None:
     import torch
 
     torch.set_num_threads(1)
-    result = run_method(load_spec(Path(spec_file)), run=load_run(Path("idea.py")))
+    spec = load_spec(Path(spec_file))
+    with np.load("weak.npz") as saved:  # teacher_labels(spec), from outside: the cache is hidden
+        weak = WeakLabels({split: saved[split] for split in saved.files}, asdict(spec.teacher), spec.seed)
+    result = run_method(spec, run=load_run(Path("idea.py")), weak=weak)
     pd.DataFrame({"id": result.ids, "p": result.probs}).to_parquet("predictions.parquet", index=False)
     Path("metrics.json").write_text(json.dumps({"logged": result.metrics, "cpu_seconds": result.cpu_seconds}))
 

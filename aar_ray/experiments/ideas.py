@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 
 import aar_ray
-from aar_ray.experiments import ExperimentSpec, MethodResult
+from aar_ray.experiments import ExperimentSpec, MethodResult, teacher_labels
 from aar_ray.sandbox import Sandbox, SandboxLimits
 
 PACKAGE = Path(aar_ray.__file__).resolve().parent
@@ -35,7 +35,10 @@ class IdeaFailed(RuntimeError):
 def sandbox_for(spec: ExperimentSpec, workspace: Path, limits: SandboxLimits) -> Sandbox:
     home = Path(spec.home)
     readonly = [PACKAGE, home / "testbeds" / spec.testbed, home / "cache"]
-    return Sandbox(workspace, readonly=readonly, limits=limits, hidden=LABEL_DECIDING)
+    # The teacher's labels reach an idea only through ctx.weak (written to the workspace), so
+    # the teacher-ablation control, which shuffles ctx.weak, cannot be got round via the cache.
+    return Sandbox(workspace, readonly=readonly, limits=limits,
+                   hidden=[*LABEL_DECIDING, home / "cache" / "weak"])
 
 
 # One core: what the experiment task reserved from Ray (run_method_task's num_cpus).
@@ -47,6 +50,7 @@ def run_idea(spec: ExperimentSpec, limits: SandboxLimits = IDEA_LIMITS) -> Metho
     try:
         (workspace / "idea.py").write_text(spec.code)
         (workspace / "spec.json").write_text(json.dumps({**asdict(spec), "code": None}))
+        np.savez(workspace / "weak.npz", **teacher_labels(spec).probs)  # shuffled for the ablation
         result = sandbox_for(spec, workspace, limits).run(
             [sys.executable, "-m", "aar_ray.experiments.idea_runner", "spec.json"],
             env={"PYTHONPATH": str(PACKAGE.parent), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"})
