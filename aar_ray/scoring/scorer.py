@@ -71,6 +71,7 @@ class Scorer:
         self._used, self._answers, probes = self._replay_audit()
         self._probes = ProbeLedger(config.probe_max_fraction, config.probes_allowed, probes)
         self._shortcuts: dict[tuple, dict[str, list[np.ndarray]]] = {}
+        self._split_cache: dict[tuple, tuple[list, pd.Series]] = {}
         self._operator_key = read_operator_key(self.home)
 
     # --- baselines --------------------------------------------------------------------------
@@ -148,7 +149,7 @@ class Scorer:
                             **({"flags": [PROBING_FLAG]} if probe else {}))
                 raise
             flags = self._flags(testbed, split, hard, probe)
-            truth = load_sealed(testbed, self.home, split).set_index("id").loc[ids, "label"]
+            truth = self._split(testbed, split)[1].loc[ids]
             acc = _accuracy(probs, binary_labels(truth))
             result = {"transfer_acc": self._round(acc), "weak_acc": self._round(base["weak_acc"]),
                       "strong_acc": self._round(base["strong_acc"]),
@@ -184,11 +185,21 @@ class Scorer:
                 range(1, self.config.baseline_seeds + 1))
         return self._shortcuts[cache_key]
 
+    def _split(self, testbed: str, split: str) -> tuple[list, pd.Series]:
+        """(public ids in order, sealed labels by id) of one split, read once per testbed version:
+        reading the parquet files was most of a submission's cost."""
+        cache_key = (testbed, testbed_meta(testbed, self.home)["content_hash"], split)
+        if cache_key not in self._split_cache:
+            expected = load_public(testbed, self.home)[split]["id"].tolist()
+            labels = load_sealed(testbed, self.home, split).set_index("id")["label"]
+            self._split_cache[cache_key] = (expected, labels)
+        return self._split_cache[cache_key]
+
     def _validated(self, testbed: str, split: str, ids, probs) -> tuple[list, np.ndarray, np.ndarray]:
         """(ids, probs, hard predictions in the public row order). The order matters to the
         hack checks: a submitter may send rows in any order, and must not evade them by it."""
         try:
-            expected = load_public(testbed, self.home)[split]["id"].tolist()
+            expected, _ = self._split(testbed, split)
         except Exception as err:
             raise ScoreError(str(err)) from None
         ids = list(ids)
