@@ -59,7 +59,7 @@ import numpy as np
 import ray
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from control_plane import (Workload, gpu_experiment, local_ray, percentiles,  # noqa: E402
+from control_plane import (Workload, gpu_experiment, local_ray, most_at_once, percentiles,  # noqa: E402
                            ray_output_to_stderr, warm_workers)
 
 SCALES = {"default": {"researchers": 30, "seconds": 60.0}, "full": {"researchers": 99, "seconds": 300.0}}
@@ -100,15 +100,6 @@ async def run_researchers(policy: str, researchers: int, workload: Workload, sec
 
 
 # --------------------------------------------------------------------------- figures
-
-def most_at_once(intervals) -> int:
-    events = sorted([(s, 1) for s, e in intervals] + [(e, -1) for s, e in intervals])
-    running = peak = 0
-    for _, change in events:
-        running += change
-        peak = max(peak, running)
-    return peak
-
 
 def summarise(spans: list[tuple], start: float, deadline: float, gpus: int, researchers: int,
               workload: Workload, price: float) -> dict:

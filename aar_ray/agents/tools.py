@@ -17,7 +17,7 @@ import numpy as np
 
 from aar_ray.agents.backends import ToolSpec
 from aar_ray.agents.budget import Budget, BudgetExceeded
-from aar_ray.experiments import ExperimentSpec, record_experiment, score_result
+from aar_ray.experiments import ExperimentSpec, record_experiment
 from aar_ray.methods import METHODS, MethodSpecError, parse_method
 from aar_ray.models import StudentConfig, TeacherConfig
 from aar_ray.sandbox import MIB, Sandbox, SandboxLimits, disk_usage
@@ -162,9 +162,7 @@ def run_experiment(ctx: ToolContext, seeds: list[int], idea_file: str | None = N
                    method: str | None = None, call_id: str = "") -> dict:
     """One experiment = one idea or method over some seeds. Recorded under a call key so a
     researcher that restarts gets the recorded result instead of running it again."""
-    import ray
-
-    from aar_ray.experiments.sweep import submit_experiment, worker_lost
+    from aar_ray.experiments.sweep import finish, submit_experiment
 
     key = f"{ctx.campaign}/{ctx.researcher}/{call_id}"
     done = ctx.forum.result_for(key)
@@ -182,13 +180,7 @@ def run_experiment(ctx: ToolContext, seeds: list[int], idea_file: str | None = N
     per_seed, transfer, run_ids, errors, gpu_seconds, flags = [], [], [], [], 0.0, set()
     for s, ref in zip(specs, refs):
         seed_key = f"{key}/seed{s.seed}"  # scorer and MLflow dedupe on it across a restart
-        try:
-            result, error = ray.get(ref), None
-            score, error = score_result(ctx.scorer, ctx.researcher, s, result, key=seed_key)
-        except ray.exceptions.RayTaskError as err:
-            result, score, error = None, {}, f"{type(err.cause).__name__}: {err.cause}"
-        except ray.exceptions.RayError as err:  # the worker or node died more often than retried
-            result, score, error = None, {}, worker_lost(err)
+        result, score, error = finish(ref, ctx.scorer, ctx.researcher, s, key=seed_key)
         run_ids.append(record_experiment(ctx.tracker, s, result, score, ctx.researcher, error,
                                          ctx.parent_run_id, key=seed_key))
         per_seed.append(score.get("pgr"))

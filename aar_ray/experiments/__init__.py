@@ -67,7 +67,8 @@ def run_method(spec: ExperimentSpec, run=None, weak: WeakLabels | None = None) -
     wall, cpu = time.perf_counter(), time.process_time()
     meta = testbed_meta(spec.testbed, spec.home)
     public = load_public(spec.testbed, spec.home)
-    weak = weak or teacher_labels(spec)
+    if weak is None:
+        weak = teacher_labels(spec)
     ctx = MethodContext(
         testbed=spec.testbed, format=meta["format"], public=public, weak=weak,
         eval_split=spec.eval_split, seed=spec.seed, params=dict(spec.params),

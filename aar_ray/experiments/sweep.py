@@ -88,15 +88,17 @@ def worker_lost(err: Exception) -> str:
             f"({type(err).__name__}); nothing was scored")
 
 
-def finish(ref, scorer, submitter: str, spec: ExperimentSpec, operator_key: str | None = None):
-    """(result, score, error) of a finished run_method_task; a failed method is an error, not a crash."""
+def finish(ref, scorer, submitter: str, spec: ExperimentSpec, operator_key: str | None = None,
+           key: str | None = None):
+    """(result, score, error) of a finished run_method_task, scored under `key` when given; a
+    failed method, or a worker that died on every attempt, is an error, not a crash."""
     try:
         result = ray.get(ref)
     except ray.exceptions.RayTaskError as err:
         return None, {}, f"{type(err.cause).__name__}: {err.cause}"
     except ray.exceptions.RayError as err:
         return None, {}, worker_lost(err)
-    score, error = score_result(scorer, submitter, spec, result, operator_key)
+    score, error = score_result(scorer, submitter, spec, result, operator_key, key)
     return result, score, error
 
 

@@ -40,7 +40,7 @@ import warnings
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
-from typing import Iterator, Optional, Sequence, Union
+from typing import Iterator, Optional, Self, Sequence, Union
 
 import numpy as np
 
@@ -531,7 +531,23 @@ def _loss_fn(loss: Union[str, LossFn]) -> LossFn:
     return LOSSES[loss] if isinstance(loss, str) else loss
 
 
-class CausalLMStudent:
+class _AdapterFiles:
+    """Saving and loading the one LoRA adapter ("default") of a student or a teacher, which
+    both hold `config`, `name`, `lm` and `adapter_path`."""
+
+    def save_adapter(self, name: str | None = None) -> str:
+        """Save the adapter to `<adapter_uri>/<name>` (default: this model's name)."""
+        location = adapter_location(self.config.adapter_uri, name or self.name)
+        self.adapter_path = self.lm.save_adapter(location)
+        return self.adapter_path
+
+    def load_adapter(self, location: str) -> Self:
+        self.lm.load_adapter(location, "default", trainable=True)
+        self.adapter_path = location
+        return self
+
+
+class CausalLMStudent(_AdapterFiles):
     """The strong student: fit(split, targets, loss) / predict_proba(split) on a testbed's
     public rows, with the same contract as EncoderStudent. Repeated fits keep training the
     same adapter, as the encoder student keeps training its head.
@@ -632,19 +648,8 @@ class CausalLMStudent:
             self._pool = self._start_pool()
             return ray.get(self._pool.score_labels.remote(items, None, BINARY_LABELS, zero_shot))
 
-    def save_adapter(self, name: str | None = None) -> str:
-        """Save the adapter to `<adapter_uri>/<name>` (default: this student's name)."""
-        location = adapter_location(self.config.adapter_uri, name or self.name)
-        self.adapter_path = self.lm.save_adapter(location)
-        return self.adapter_path
 
-    def load_adapter(self, location: str) -> "CausalLMStudent":
-        self.lm.load_adapter(location, "default", trainable=True)
-        self.adapter_path = location
-        return self
-
-
-class CausalLMTeacher:
+class CausalLMTeacher(_AdapterFiles):
     """The weak teacher at GPU scale: the same label-token model fine-tuned by LoRA on
     train_label; fit(rows, labels) / predict_proba(rows) as BowTeacher."""
 
@@ -665,16 +670,6 @@ class CausalLMTeacher:
         prompts = [self.lm.prompts.encode(r) for r in as_records(rows)]
         adapter = "default" if self.lm.has_adapter("default") else None
         return _sigmoid(self.lm.predict_logit(prompts, adapter))
-
-    def save_adapter(self, name: str | None = None) -> str:
-        location = adapter_location(self.config.adapter_uri, name or self.name)
-        self.adapter_path = self.lm.save_adapter(location)
-        return self.adapter_path
-
-    def load_adapter(self, location: str) -> "CausalLMTeacher":
-        self.lm.load_adapter(location, "default", trainable=True)
-        self.adapter_path = location
-        return self
 
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:

@@ -239,7 +239,8 @@ class Sandbox:
         as_root: bool,
         empty_fd: int,
     ) -> SandboxResult:
-        used_at_start = disk_usage(self.workspace)
+        quota = None if self.limits.workspace_mb is None else self.limits.workspace_mb * MIB
+        used_at_start = 0 if quota is None else disk_usage(self.workspace)
         command = bwrap_command(
             bwrap=find_bwrap(),
             as_root=as_root,
@@ -261,13 +262,13 @@ class Sandbox:
             wall_seconds=self.limits.wall_seconds,
             max_output_bytes=self.limits.max_output_bytes,
             pass_fds=[empty_fd],
-            watchdog=None if self.limits.workspace_mb is None else functools.partial(self._over_quota, used_at_start),
+            watchdog=None if quota is None else functools.partial(self._over_quota, used_at_start),
             poll_seconds=QUOTA_POLL_SECONDS,
         )
         stderr = captured.stderr.text()
         if captured.stopped_because:
             stderr += f"\n[sandbox: stopped: {captured.stopped_because}]\n"
-        elif self.limits.workspace_mb is not None and used_at_start > self.limits.workspace_mb * MIB:
+        elif quota is not None and used_at_start > quota:
             stderr += (f"\n[sandbox: the workspace is over its quota of {self.limits.workspace_mb} MiB: "
                        "no file can grow until you delete files]\n")
         return SandboxResult(
