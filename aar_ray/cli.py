@@ -59,6 +59,9 @@ def build_parser() -> argparse.ArgumentParser:
     imp.add_argument("source", type=Path)
     imp.add_argument("--name", required=True, help="the name experiments will use")
     imp.add_argument("--overwrite", action="store_true", help="replace a testbed of the same name")
+    imp.add_argument("--public-field", action="append", default=[], metavar="FIELD",
+                     help="a row field researchers may see besides the format's own (repeatable, e.g. "
+                     "consistency_id); every other field is sealed with the labels")
     _common(imp)
     _common(tsub.add_parser("list", help="imported testbeds and the embedded ones"))
     show = tsub.add_parser("show", help="format, sizes and a few public rows of a testbed")
@@ -136,9 +139,11 @@ def cmd_testbed(args) -> int:
 
     home = _home(args)
     if args.action == "import":
-        path = testbeds.import_testbed(args.source, args.name, home, overwrite=args.overwrite)
+        path = testbeds.import_testbed(args.source, args.name, home, overwrite=args.overwrite,
+                                       public_extra=tuple(args.public_field))
         meta = testbeds.testbed_meta(args.name, home)
         print(f"imported {args.name!r} ({meta['format']}, rows {meta['rows']}) into {path}")
+        print(_field_summary(meta))
     elif args.action == "list":
         imported = testbeds.list_testbeds(home)
         for name in sorted(set(imported) | set(testbeds.EMBEDDED_TESTBEDS)):
@@ -146,9 +151,16 @@ def cmd_testbed(args) -> int:
             print(f"{name:<16} {where}")
     else:
         meta = testbeds.ensure_testbed(args.name, home)
-        print("\n".join(f"{k}: {v}" for k, v in meta.items()))
+        print("\n".join(f"{k}: {v}" for k, v in meta.items() if not k.endswith("_fields")))
+        print(_field_summary(meta))
         print(testbeds.load_public(args.name, home)["train_unlabel"].head(3).to_string())
     return 0
+
+
+def _field_summary(meta: dict) -> str:
+    return (f"public fields (researchers see them): {', '.join(meta['public_fields'])}\n"
+            f"sealed fields (the scorer's alone): {', '.join(meta['sealed_fields'])}\n"
+            "train_label: the teacher's training data, kept from researchers")
 
 
 def cmd_baseline(args) -> int:

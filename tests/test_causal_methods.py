@@ -19,7 +19,7 @@ TEACHER = TeacherConfig(kind="causal_lm", preset="tiny_cpu")
 def test_library_methods_run_on_causal_lm_students_and_teachers(small_home, method):
     name, params = parse_method(method)
     result = run_method(ExperimentSpec("pref-small", name, 1, str(small_home), params, STUDENT, TEACHER))
-    assert result.ids == load_public("pref-small", small_home)["validation"]["id"].tolist()
+    assert result.ids == load_public("pref-small", small_home)["test"]["id"].tolist()
     assert np.all((result.probs >= 0) & (result.probs <= 1)) and result.probs.std() > 0
 
 

@@ -9,7 +9,7 @@ from aar_ray.methods import METHODS, MethodSpecError, method_label, parse_method
 from aar_ray.methods.aux_confidence import confidence_loss
 from aar_ray.models import StudentConfig
 from aar_ray.scoring import Scorer, ScorerConfig
-from aar_ray.testbeds import load_public
+from aar_ray.testbeds import eval_ids, load_public
 
 QUICK = StudentConfig(head="bilinear", epochs=10)
 
@@ -21,9 +21,9 @@ def _spec(home, testbed, method_spec, split="validation", seed=1):
 
 @pytest.mark.parametrize("testbed", ["tax-small", "pref-small"])
 @pytest.mark.parametrize("method", sorted(METHODS))
-def test_every_method_returns_a_probability_per_eval_row(small_home, testbed, method):
+def test_every_method_returns_a_probability_per_test_row(small_home, testbed, method):
     result = run_method(_spec(small_home, testbed, method))
-    ids = load_public(testbed, small_home)["validation"]["id"].tolist()
+    ids = load_public(testbed, small_home)["test"]["id"].tolist()
     assert result.ids == ids
     assert result.probs.shape == (len(ids),)
     assert np.all((result.probs >= 0) & (result.probs <= 1))
@@ -41,12 +41,16 @@ def test_runs_are_deterministic_per_seed_and_differ_across_seeds(small_home):
 def test_the_student_prior_knows_taxonomy_without_any_label(small_home):
     scorer = Scorer(small_home, ScorerConfig(submissions_per_submitter=100, baseline_seeds=2))
     result = run_method(_spec(small_home, "tax-small", "zero_shot_prior"))
-    assert scorer.submit("methods-test", "tax-small", result.ids, result.probs)["transfer_acc"] > 0.75
+    assert scorer.submit("methods-test", "tax-small", *result.half("validation"))["transfer_acc"] > 0.75
 
 
-def test_holdout_runs_predict_the_holdout_rows(small_home):
-    result = run_method(_spec(small_home, "tax-small", "vanilla_w2s", split="holdout"))
-    assert result.ids == load_public("tax-small", small_home)["holdout"]["id"].tolist()
+def test_a_method_cannot_tell_a_holdout_run_from_a_validation_run(small_home):
+    """Both predict the whole test split, identically; only the half the scorer reads differs."""
+    validation = run_method(_spec(small_home, "tax-small", "vanilla_w2s"))
+    holdout = run_method(_spec(small_home, "tax-small", "vanilla_w2s", split="holdout"))
+    np.testing.assert_array_equal(validation.probs, holdout.probs)
+    assert holdout.half("holdout")[0] == eval_ids("tax-small", small_home, "holdout")
+    assert not set(holdout.half("holdout")[0]) & set(validation.half("validation")[0])
 
 
 def test_confident_only_trains_on_the_confident_share_and_says_so(small_home):
@@ -71,7 +75,7 @@ def test_zero_shot_prior_uses_no_teacher_label_on_comparisons(small_home):
         from aar_ray.models.artifacts import WeakLabels
 
         return MethodContext("pref-small", "comparison", load_public("pref-small", small_home),
-                             WeakLabels({"train_unlabel": weak}, {}, 1), "validation", 1,
+                             WeakLabels({"train_unlabel": weak}, {}, 1), "test", 1,
                              dict(zero_shot_prior.DEFAULTS),
                              student_factory("pref-small", small_home, QUICK, 1))
     np.testing.assert_allclose(zero_shot_prior.run(ctx(np.zeros(600))), zero_shot_prior.run(ctx(np.ones(600))))

@@ -105,11 +105,11 @@ def test_tool_mistakes_come_back_as_errors_the_agent_can_act_on(world, tmp_path)
              ("read_file", {"path": "../../etc/passwd"}, "outside your workspace"),
              ("run_experiment", {"seeds": [1]}, "exactly one of idea_file"),
              ("run_experiment", {"method": "majority", "seeds": [1]}, "unknown method"),
-             ("sample_data", {"split": "validation"}, "missing ['n']")]
+             ("sample_data", {"split": "test"}, "missing ['n']")]
     for name, args, message in cases:
         content, is_error = call_tool(tools, name, args, "x")
         assert is_error and message in json.loads(content)["error"], (name, content)
-    sample = json.loads(call_tool(tools, "sample_data", {"split": "validation", "n": 3}, "y")[0])
+    sample = json.loads(call_tool(tools, "sample_data", {"split": "test", "n": 3}, "y")[0])
     assert "label" not in sample["columns"] and len(sample["sample"]) == 3
 
 

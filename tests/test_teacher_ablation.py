@@ -19,7 +19,7 @@ from aar_ray.tracking import Tracker
 
 def test_shuffled_weak_labels_keep_each_splits_share_but_not_its_rows():
     rng = np.random.default_rng(0)
-    weak = WeakLabels({"train_unlabel": rng.random(500), "validation": rng.random(200)}, {"kind": "bow"}, 1)
+    weak = WeakLabels({"train_unlabel": rng.random(500), "test": rng.random(200)}, {"kind": "bow"}, 1)
     shuffled = weak.shuffled(seed=1)
     for split, probs in weak.probs.items():
         np.testing.assert_array_equal(np.sort(shuffled.probs[split]), np.sort(probs))
@@ -95,5 +95,5 @@ def test_idea_code_sees_the_teacher_only_through_ctx_so_the_ablation_reaches_it(
     results = {shuffled: run_idea(ExperimentSpec("pref-small", "peek", 1, str(small_home), code=peek,
                                                  shuffle_teacher=shuffled)) for shuffled in (False, True)}
     assert all(r.metrics["cached_teacher_files"] == 0 for r in results.values())
-    np.testing.assert_allclose(results[False].probs, teacher.probs["validation"], rtol=1e-6)
-    assert not np.allclose(results[True].probs, teacher.probs["validation"])
+    np.testing.assert_allclose(results[False].probs, teacher.probs["test"], rtol=1e-6)
+    assert not np.allclose(results[True].probs, teacher.probs["test"])

@@ -106,20 +106,20 @@ def test_zero_shot_prior_through_the_pool_equals_the_local_one(gpu_ray, small_ho
             assert np.allclose(pooled.probs, local.probs, atol=1e-4)
             served[testbed] = ray.get(ray.get_actor(pool_name).stats.remote())["items_served"]
 
-        # Every read went through the pool the student started by name: validation, and for the
+        # Every read went through the pool the student started by name: test, and for the
         # binary testbed train_unlabel too (the threshold).
         tax, pref = (load_public(t, small_home) for t in ("tax-small", "pref-small"))
-        assert served["tax-small"] == len(tax["validation"]) + len(tax["train_unlabel"])
-        assert served["pref-small"] - served["tax-small"] == len(pref["validation"])
+        assert served["tax-small"] == len(tax["test"]) + len(tax["train_unlabel"])
+        assert served["pref-small"] - served["tax-small"] == len(pref["test"])
 
         # A student of the same model finds the running pool; its weights never load here, and
         # its predictions before any fit come from the pool too.
         student = student_factory("pref-small", small_home, StudentConfig(kind="causal_lm",
                                                                           preset=presets["pool"]), 1)()
-        before = student.predict_proba("validation", rows=np.arange(5))
+        before = student.predict_proba("test", rows=np.arange(5))
         assert student._lm is None
         reference = CausalLMStudent(pref, load_preset(presets["local"]).student, 1)
-        assert np.allclose(before, reference.predict_proba("validation", rows=np.arange(5)), atol=1e-5)
+        assert np.allclose(before, reference.predict_proba("test", rows=np.arange(5)), atol=1e-5)
         stats = ray.get(ray.get_actor(pool_name).stats.remote())
         assert stats["items_served"] == served["pref-small"] + 5 and stats["replicas"] == 1
 
@@ -128,9 +128,9 @@ def test_zero_shot_prior_through_the_pool_equals_the_local_one(gpu_ray, small_ho
         first = ray.get_actor(pool_name)
         ray.kill(first)
         assert eventually(lambda: is_dead(first), timeout=120)  # ray.kill is asynchronous
-        scores = student.zero_shot_scores("validation")
+        scores = student.zero_shot_scores("test")
         assert ray.get_actor(pool_name)._actor_id != first._actor_id
-        assert np.allclose(scores, reference.zero_shot_scores("validation"), atol=1e-4)
+        assert np.allclose(scores, reference.zero_shot_scores("test"), atol=1e-4)
     finally:
         stop_shared_pool(pool_name)
 

@@ -5,7 +5,9 @@ step reads the conversation so far (its own tool calls and their results), so it
 of its own and resumes from a checkpoint exactly like an LLM researcher does.
 
 Plan: every candidate on seed 1; the better half on seeds 2-3; the better half of those on
-seeds 4-5; then a forum post with the ranking, then finish. Candidates come from the researcher's
+seeds 4-5; then a forum post with the ranking, then finish. It ranks by the scorer's feedback, as
+an LLM researcher must: a seed that beat the campaign's best counts with its released PGR, one
+that did not counts below every one that did. Candidates come from the researcher's
 direction (a list of method specs), so different researchers explore different regions first.
 """
 
@@ -24,9 +26,17 @@ DEFAULT_CANDIDATES = [
 ]
 
 
+def seed_value(feedback: dict | None) -> float | None:
+    """What one seed's feedback says of its PGR: the released value when it beat the campaign's
+    best; otherwise only that it did not, so it ranks below every seed that did."""
+    if not feedback or feedback.get("pgr") is None:
+        return None
+    return feedback["pgr"] if feedback.get("improved") else feedback["pgr"] - 1.0
+
+
 def _experiment_history(messages: list[dict]):
-    """PGR per seed of every method run so far, the (method, seeds) pairs already tried
-    (failed ones included, so nothing is retried forever), and whether the budget ran out."""
+    """What the feedback says of every method's seeds so far, the (method, seeds) pairs already
+    tried (failed ones included, so nothing is retried forever), and whether the budget ran out."""
     calls = {c["id"]: c for m in messages if m["role"] == "assistant" for c in m.get("tool_calls", [])}
     scores: dict[str, dict[int, float]] = {}
     tried: set[tuple[str, tuple[int, ...]]] = set()
@@ -39,7 +49,8 @@ def _experiment_history(messages: list[dict]):
         if m.get("is_error"):
             out_of_budget |= "budget" in result.get("error", "").lower()
             continue
-        per_seed = {int(s): p for s, p in result.get("pgr_per_seed", {}).items() if p is not None}
+        per_seed = {int(s): seed_value(f) for s, f in result.get("feedback_per_seed", {}).items()
+                     if seed_value(f) is not None}
         scores.setdefault(call["method"], {}).update(per_seed)
     return scores, tried, out_of_budget
 
@@ -61,7 +72,8 @@ def next_action(candidates: list[str], messages: list[dict]) -> tuple[str, dict]
     posted = any(c["name"] == "post" for m in messages if m["role"] == "assistant" for c in m.get("tool_calls", []))
     ranking = sorted((m for m in scores if scores[m]), key=lambda m: -_mean(scores[m]))
     if not posted and ranking:
-        body = "\n".join(f"{m}: mean PGR {_mean(scores[m]):.2f} over seeds {sorted(scores[m])}" for m in ranking)
+        body = "\n".join(f"{m}: feedback score {_mean(scores[m]):.2f} over seeds {sorted(scores[m])} "
+                         "(a seed that did not beat the best counts as best - 1)" for m in ranking)
         return "post", {"title": f"Search results: best {ranking[0]}", "body": body}
     best = ranking[0] if ranking else "nothing scored"
     return "finish", {"summary": f"successive halving over {len(candidates)} methods; best: {best}"}

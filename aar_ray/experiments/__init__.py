@@ -16,7 +16,7 @@ import pandas as pd
 from aar_ray.methods import METHODS, MethodContext, method_label
 from aar_ray.models import StudentConfig, TeacherConfig, resolve_student_config, student_factory
 from aar_ray.models.artifacts import WeakLabels, weak_labels
-from aar_ray.testbeds import load_public, testbed_meta
+from aar_ray.testbeds import eval_rows, load_public, testbed_meta
 
 
 @dataclass
@@ -28,7 +28,7 @@ class ExperimentSpec:
     params: dict = field(default_factory=dict)
     student: StudentConfig = field(default_factory=StudentConfig)
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
-    eval_split: str = "validation"
+    eval_split: str = "validation"  # the half of the test split the scorer scores; the method never knows
     code: str | None = None  # an idea file's source; it then runs in the sandbox as `method`
     num_gpus: float = 0.0  # GPUs the experiment task holds while it runs (0 on the CPU testbeds)
     shuffle_teacher: bool = False  # the teacher-ablation control: weak labels permuted across rows
@@ -45,11 +45,19 @@ class ExperimentSpec:
 
 @dataclass
 class MethodResult:
+    """Predictions for every row of the public test split (ids in its order), what the method
+    logged, and what it cost."""
+
     ids: list
     probs: np.ndarray
     metrics: dict
     wall_seconds: float
     cpu_seconds: float
+
+    def half(self, split: str) -> tuple[list, np.ndarray]:
+        """(ids, probs) of the rows the scorer scores for `split` (validation or holdout)."""
+        keep = eval_rows(self.ids, split)
+        return [i for i, k in zip(self.ids, keep) if k], self.probs[keep]
 
 
 def teacher_labels(spec: ExperimentSpec) -> WeakLabels:
@@ -60,7 +68,9 @@ def teacher_labels(spec: ExperimentSpec) -> WeakLabels:
 
 
 def run_method(spec: ExperimentSpec, run=None, weak: WeakLabels | None = None) -> MethodResult:
-    """Run one method for one seed on public data; return its predictions for spec.eval_split.
+    """Run one method for one seed on public data; return its predictions for the whole test
+    split. The method is not told which half will be scored (spec.eval_split), nor whether the
+    teacher's labels were shuffled: research runs and the operator's checks look the same to it.
     `run` is an idea's run(ctx) (see ideas.py); by default the library method spec.method.
     `weak` is `teacher_labels(spec)` when the caller already has it (a sandboxed idea cannot
     read the cache)."""
@@ -71,13 +81,13 @@ def run_method(spec: ExperimentSpec, run=None, weak: WeakLabels | None = None) -
         weak = teacher_labels(spec)
     ctx = MethodContext(
         testbed=spec.testbed, format=meta["format"], public=public, weak=weak,
-        eval_split=spec.eval_split, seed=spec.seed, params=dict(spec.params),
+        eval_split="test", seed=spec.seed, params=dict(spec.params),
         new_student=student_factory(spec.testbed, spec.home, spec.student, spec.seed))
     probs = np.asarray((run or METHODS[spec.method].run)(ctx), dtype=np.float64).reshape(-1)
-    ids = public[spec.eval_split]["id"].tolist()
+    ids = public["test"]["id"].tolist()
     if len(probs) != len(ids):
         raise ValueError(f"method {spec.method} returned {len(probs)} predictions for the "
-                         f"{len(ids)} rows of {spec.eval_split}")
+                         f"{len(ids)} rows of the test split")
     return MethodResult(ids, probs, ctx.metrics, time.perf_counter() - wall, time.process_time() - cpu)
 
 
@@ -92,21 +102,29 @@ def experiment_params(spec: ExperimentSpec) -> dict:
 
 
 SCORER_ATTEMPTS = 5
+SCORER_TIMEOUT_S = 600.0  # an answer takes milliseconds; the first of a testbed computes its checks
 
 
 def score_result(scorer, submitter: str, spec: ExperimentSpec, result: MethodResult,
-                 operator_key: str | None = None, key: str | None = None) -> tuple[dict, str | None]:
-    """Hand predictions to the scorer actor: validation for anyone, holdout with the operator key.
-    `key` makes the submission idempotent. Returns (score, None), or ({}, why) when refused."""
+                 operator_key: str | None = None, key: str | None = None,
+                 analyst: str | None = None) -> tuple[dict, str | None]:
+    """Hand the predictions for spec.eval_split to the scorer actor: validation for anyone (the
+    operator key gets the plain record instead of a researcher's feedback), holdout with the
+    operator key only. `key` makes the submission idempotent; `analyst` is whose query budget it
+    draws on (a campaign). Returns (score, None), or ({}, why) when refused or unanswered."""
     import ray
 
+    ids, probs = result.half(spec.eval_split)
     for attempt in range(SCORER_ATTEMPTS):
         if spec.eval_split == "holdout":
-            call = scorer.score_holdout.remote(operator_key, submitter, spec.testbed, result.ids, result.probs, key)
+            call = scorer.score_holdout.remote(operator_key, submitter, spec.testbed, ids, probs, key)
         else:
-            call = scorer.submit.remote(submitter, spec.testbed, result.ids, result.probs, key)
+            call = scorer.submit.remote(submitter, spec.testbed, ids, probs, key, analyst=analyst,
+                                        operator_key=operator_key)
         try:
-            return ray.get(call), None
+            return ray.get(call, timeout=SCORER_TIMEOUT_S), None
+        except ray.exceptions.GetTimeoutError:
+            return {}, f"the scorer did not answer within {SCORER_TIMEOUT_S:.0f} s"
         except ray.exceptions.RayTaskError as err:
             return {}, f"{type(err.cause).__name__}: {err.cause}"
         except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError):
@@ -128,7 +146,8 @@ def record_experiment(tracker, spec: ExperimentSpec, result: MethodResult | None
     metrics = {k: score.get(k) for k in ("pgr", "transfer_acc", "weak_acc", "strong_acc")}
     predictions = None
     if result is not None:
-        predictions = pd.DataFrame({"id": result.ids, "p": result.probs})
+        ids, probs = result.half(spec.eval_split)
+        predictions = pd.DataFrame({"id": ids, "p": probs})
         metrics.update(wall_seconds=result.wall_seconds, cpu_seconds=result.cpu_seconds,
                        **{f"method.{k}": v for k, v in result.metrics.items()})
     tags = {"aar_kind": "experiment", "submitter": submitter, "split": spec.eval_split,

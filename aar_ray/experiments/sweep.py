@@ -21,7 +21,7 @@ from aar_ray.experiments import ExperimentSpec, record_experiment, run_method, s
 from aar_ray.methods import parse_method
 from aar_ray.models import release_student_pool
 from aar_ray.models.artifacts import testbed_vectors, weak_labels
-from aar_ray.scoring import scorer_actor
+from aar_ray.scoring import read_operator_key, scorer_actor
 from aar_ray.testbeds import ensure_testbed
 from aar_ray.tracking import Tracker, leaderboard, plot_leaderboard
 
@@ -88,17 +88,26 @@ def worker_lost(err: Exception) -> str:
             f"({type(err).__name__}); nothing was scored")
 
 
+# How long an experiment may run before it is cancelled and recorded as an error: an idea is
+# stopped by its sandbox's wall clock well before; a library method on a GPU may take hours.
+EXPERIMENT_TIMEOUT_S = 12 * 3600.0
+
+
 def finish(ref, scorer, submitter: str, spec: ExperimentSpec, operator_key: str | None = None,
-           key: str | None = None):
-    """(result, score, error) of a finished run_method_task, scored under `key` when given; a
-    failed method, or a worker that died on every attempt, is an error, not a crash."""
+           key: str | None = None, analyst: str | None = None):
+    """(result, score, error) of a run_method_task, scored under `key` when given; a failed
+    method, a worker that died on every attempt, or one that never finishes is an error, not a
+    crash (nor a hang)."""
     try:
-        result = ray.get(ref)
+        result = ray.get(ref, timeout=EXPERIMENT_TIMEOUT_S)
+    except ray.exceptions.GetTimeoutError:
+        ray.cancel(ref, force=True)
+        return None, {}, f"the experiment did not finish within {EXPERIMENT_TIMEOUT_S / 3600:.0f} h and was cancelled"
     except ray.exceptions.RayTaskError as err:
         return None, {}, f"{type(err.cause).__name__}: {err.cause}"
     except ray.exceptions.RayError as err:
         return None, {}, worker_lost(err)
-    score, error = score_result(scorer, submitter, spec, result, operator_key, key)
+    score, error = score_result(scorer, submitter, spec, result, operator_key, key, analyst)
     return result, score, error
 
 
@@ -107,6 +116,7 @@ def run_sweep(config: BaselineConfig, progress: bool = True) -> pd.DataFrame:
     scorer = scorer_actor(config.home, config.scorer, config.teacher, config.student)
     prepare(config, scorer, progress)
     tracker = Tracker(config.tracking.uri or None, config.tracking.experiment)
+    operator_key = read_operator_key(config.home)  # a sweep is the operator's: plain scores, no budget
     parent = tracker.start_parent("baseline-sweep", {
         "testbeds": ",".join(config.testbeds), "methods": ",".join(config.methods),
         "seeds": ",".join(map(str, config.seeds))})
@@ -115,7 +125,7 @@ def run_sweep(config: BaselineConfig, progress: bool = True) -> pd.DataFrame:
         while pending:
             [ref], _ = ray.wait(list(pending), num_returns=1)
             spec = pending.pop(ref)
-            result, score, error = finish(ref, scorer, config.submitter, spec)
+            result, score, error = finish(ref, scorer, config.submitter, spec, operator_key)
             record_experiment(tracker, spec, result, score, config.submitter, error, parent)
             bar.set_postfix_str(f"{spec.label}/{spec.testbed} PGR {score.get('pgr', 'failed')}")
             bar.update()

@@ -1,6 +1,8 @@
 """What a method sees: public data, the teacher's labels, a way to make students, and a logger.
 
-Nothing here holds a label of train_unlabel, validation or holdout; the scorer has those.
+Nothing here holds a label: not of train_label (the teacher's training data stays with the
+harness), nor of train_unlabel or test (the scorer has those). A method predicts every row of the
+test split and is not told which half of it will be scored.
 """
 
 from __future__ import annotations
@@ -18,9 +20,9 @@ from aar_ray.models.artifacts import WeakLabels
 class MethodContext:
     testbed: str
     format: str  # "binary" (P(True)) or "comparison" (P(A))
-    public: dict[str, pd.DataFrame]  # labels only in train_label
-    weak: WeakLabels  # teacher P(True)/P(A) on train_unlabel, validation, holdout
-    eval_split: str  # the split whose predictions `run` returns
+    public: dict[str, pd.DataFrame]  # train_unlabel and test, no labels
+    weak: WeakLabels  # teacher P(True)/P(A) on train_unlabel and test
+    eval_split: str  # the split whose predictions `run` returns: always "test"
     seed: int
     params: dict
     new_student: Callable[[], object]  # a fresh, untrained student for this testbed and seed

@@ -19,10 +19,10 @@ import pandas as pd
 
 from aar_ray.models.student import RowVectors
 from aar_ray.models.teacher import BowTeacher, TeacherConfig
-from aar_ray.testbeds import SPLITS, load_public, testbed_meta
+from aar_ray.testbeds import PUBLIC_SPLITS, load_public, load_teacher_data, testbed_meta
 from aar_ray.testbeds.store import FORMATS
 
-WEAK_SPLITS = ("train_unlabel", "validation", "holdout")
+WEAK_SPLITS = PUBLIC_SPLITS  # the teacher labels every row a method may predict on
 
 
 def content_key(*parts) -> str:
@@ -64,7 +64,7 @@ def testbed_vectors(name: str, home: Path, encoder: str = "minilm-l6",
         vectors = SentenceEncoder(encoder).embed(texts, progress=progress)
         _atomic_save(path, lambda tmp: np.savez(open(tmp, "wb"), texts=np.array(texts), vectors=vectors))
         table = dict(zip(texts, vectors))
-    return {split: frame_vectors(public[split], meta["format"], table) for split in SPLITS}
+    return {split: frame_vectors(public[split], meta["format"], table) for split in PUBLIC_SPLITS}
 
 
 def binary_labels(labels) -> np.ndarray:
@@ -85,8 +85,8 @@ def make_teacher(config: TeacherConfig, seed: int):
 
 @dataclass
 class WeakLabels:
-    """The teacher's P(True)/P(A) on each split a method may use (train_unlabel, validation,
-    holdout), in the public view's row order."""
+    """The teacher's P(True)/P(A) on each split a method may use (train_unlabel, test), in the
+    public view's row order."""
 
     probs: dict[str, np.ndarray]
     teacher: dict
@@ -102,14 +102,14 @@ class WeakLabels:
 
 
 def weak_labels(name: str, home: Path, teacher: TeacherConfig, seed: int) -> WeakLabels:
-    """Train the teacher on train_label and label the other splits, once per (config, seed)."""
+    """Train the teacher on train_label (the harness's copy; researchers never see it) and label
+    the public splits, once per (config, seed)."""
     meta = testbed_meta(name, home)
     key = content_key(meta["content_hash"], asdict(teacher), seed)
     path = Path(home) / "cache" / "weak" / name / f"{key}.parquet"
     if not path.exists():
-        public = load_public(name, home)
-        rows = public["train_label"].to_dict("records")
-        model = make_teacher(teacher, seed).fit(rows, binary_labels(public["train_label"]["label"]))
+        public, labelled = load_public(name, home), load_teacher_data(name, home)
+        model = make_teacher(teacher, seed).fit(labelled.to_dict("records"), binary_labels(labelled["label"]))
         frame = pd.concat([
             pd.DataFrame({"split": split, "id": public[split]["id"],
                           "p": model.predict_proba(public[split].to_dict("records"))})

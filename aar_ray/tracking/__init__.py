@@ -9,6 +9,7 @@ spooled to disk and written on a later call, so a campaign never stops or loses 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import tempfile
 import time
@@ -19,6 +20,9 @@ import numpy as np
 import pandas as pd
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunTag
+from mlflow.exceptions import MlflowException
+
+log = logging.getLogger(__name__)
 
 DEFAULT_DB = "mlflow.db"
 
@@ -99,29 +103,45 @@ class Tracker:
         all_tags = {**tags, **({"mlflow.parentRunId": parent_run_id} if parent_run_id else {})}
         run = self.client.create_run(self.experiment_id, run_name=run_name,
                                      tags={k: str(v) for k, v in all_tags.items()})
+        try:
+            self._log_contents(run.info.run_id, params, metrics, predictions, config, code)
+        except MlflowException as err:
+            # The store refused part of the record (a value it cannot hold): the run still ends,
+            # FAILED and saying why, with whatever was written; it never stays RUNNING.
+            log.warning("experiment %s: MLflow refused part of its record: %s", run_name, err)
+            self.client.set_tag(run.info.run_id, "record_error", str(err)[:4000])
+            self.client.set_terminated(run.info.run_id, "FAILED")
+            return run.info.run_id
+        self.client.set_terminated(run.info.run_id, "FINISHED" if metrics.get("pgr") is not None else "FAILED")
+        return run.info.run_id
+
+    def _log_contents(self, run_id: str, params: dict, metrics: dict, predictions, config, code) -> None:
         now = int(time.time() * 1000)
         self.client.log_batch(
-            run.info.run_id,
-            metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items() if v is not None],
-            params=[Param(k, str(v)[:6000]) for k, v in params.items()])
+            run_id, params=[Param(k, str(v)[:6000]) for k, v in params.items()])
+        self.client.log_batch(
+            run_id, metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items() if v is not None])
         with tempfile.TemporaryDirectory() as tmp:
             if predictions is not None:
                 predictions.to_parquet(Path(tmp) / "predictions.parquet", index=False)
-                self.client.log_artifact(run.info.run_id, str(Path(tmp) / "predictions.parquet"))
+                self.client.log_artifact(run_id, str(Path(tmp) / "predictions.parquet"))
             if code is not None:
                 (Path(tmp) / "idea.py").write_text(code)
-                self.client.log_artifact(run.info.run_id, str(Path(tmp) / "idea.py"))
+                self.client.log_artifact(run_id, str(Path(tmp) / "idea.py"))
             if config is not None:
                 (Path(tmp) / "config.json").write_text(json.dumps(config, indent=2, default=str))
-                self.client.log_artifact(run.info.run_id, str(Path(tmp) / "config.json"))
-        self.client.set_terminated(run.info.run_id, "FINISHED" if metrics.get("pgr") is not None else "FAILED")
-        return run.info.run_id
+                self.client.log_artifact(run_id, str(Path(tmp) / "config.json"))
 
     def find_run(self, key: str, raise_errors: bool = False) -> str | None:
         """The id of the run recorded under an experiment key, if any (None also when the store
         cannot be reached, unless raise_errors)."""
         try:
             found = self.client.search_runs([self.experiment_id], f"tags.aar_key = '{key}'", max_results=1)
+            if found and found[0].info.status == "RUNNING":
+                # A record cut off half-way (the store went down mid-write): replace it, so the
+                # spooled copy is written in full instead of being dropped as a duplicate.
+                self.client.delete_run(found[0].info.run_id)
+                return None
         except Exception:
             if raise_errors:
                 raise

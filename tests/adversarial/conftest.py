@@ -20,11 +20,28 @@ from .helpers import SCORER, SECRET_PREFIX, SECRET_VARIABLE, SHELL_LIMITS, STUDE
 
 
 @pytest.fixture(scope="module")
-def world(small_home, tmp_path_factory):
+def secret_home(tmp_path_factory):
+    """A home whose `tax-small` is drawn, like every embedded testbed, from the home's own secret
+    (the shared `small_home` fixture uses the generator's public default seed, which a replay
+    attack would simply try)."""
+    from conftest import SMALL, write_jsonl_folder
+
+    from aar_ray.testbeds import generator_seed, import_testbed
+    from aar_ray.testbeds.embedded import generate
+
+    home = tmp_path_factory.mktemp("secret-home")
+    rows = generate("taxonomy", seed=generator_seed(home), sizes=SMALL)
+    import_testbed(write_jsonl_folder(home.parent / f"{home.name}-src", rows), TESTBED, home)
+    return home
+
+
+@pytest.fixture(scope="module")
+def world(secret_home, tmp_path_factory):
     """Ray (its processes inherit an API key, as they would on a real head node), the scorer
     actor, the testbed prepared, and one MLflow store and forum for every researcher."""
     import ray
 
+    small_home = secret_home
     from aar_ray.config import BaselineConfig
     from aar_ray.experiments.sweep import prepare
     from aar_ray.scoring import scorer_actor

@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import ray
 from mlflow import MlflowClient
@@ -17,10 +18,11 @@ from mlflow import MlflowClient
 from aar_ray.experiments.ideas import PACKAGE
 from aar_ray.models.artifacts import binary_labels
 from aar_ray.sandbox import SandboxLimits
-from aar_ray.testbeds import load_public, load_sealed
+from aar_ray.testbeds import eval_ids, generator_seed, lexicon, load_sealed
 
 from . import attacks
 from .conftest import make_researcher
+from conftest import SMALL
 from .helpers import (SECRET_PREFIX, SECRET_VARIABLE, SHELL_LIMITS, TESTBED, audit_entries, idea_with_attacks,
                       run_idea, shell, tool)
 
@@ -40,15 +42,17 @@ def run(ctx):
         "network_internet": tcp_connection("1.1.1.1", 443),
         "label_module": label_module_source(PACKAGE),
         "label_bytecode": label_module_bytecode(PACKAGE),
-        "regenerated": labels_by_regenerating(ctx.public, "taxonomy"),
+        "regenerated": labels_by_regenerating(PUBLIC_DIR, "taxonomy", LEXICON_SIZES),
+        "teacher_data": teacher_training_labels(HOME, TESTBED),
         "tamper": writable_files(SHARED_FILES),
     }
     for name, value in found.items():
         ctx.log("leak." + name, float(value is not None))
-    labels = found["sealed_by_path"] or found["regenerated"]
+    labels = found["regenerated"] or {**(found["sealed_by_path"] or {}),
+                                      **(sealed_labels_by_path(HOME, TESTBED, "holdout") or {})}
     if labels:
-        return [float(labels[i] in (True, "A")) for i in ctx.public[ctx.eval_split]["id"]]
-    return ctx.weak.probs[ctx.eval_split]
+        return [float(labels[i] in (True, "A")) for i in ctx.public["test"]["id"]]
+    return ctx.weak.probs["test"]
 """
 
 
@@ -60,7 +64,7 @@ def _gcs(world) -> tuple[str, int]:
 def _shared_files(world) -> list[str]:
     """Files every experiment trusts: the teacher's cached labels, the public data, library code."""
     weak_cache = sorted((world["home"] / "cache" / "weak" / TESTBED).glob("*.parquet"))[0]
-    public = world["home"] / "testbeds" / TESTBED / "public" / "validation.parquet"
+    public = world["home"] / "testbeds" / TESTBED / "public" / "test.parquet"
     return [str(weak_cache), str(public), str(PACKAGE / "methods" / "vanilla_w2s.py")]
 
 
@@ -71,24 +75,32 @@ def exfiltration(world):
     host, port = _gcs(world)
     constants = (f"HOME = {str(world['home'])!r}\nTESTBED = {TESTBED!r}\nPACKAGE = {str(PACKAGE)!r}\n"
                  f"SECRET_PREFIX = {SECRET_PREFIX!r}\nGCS_ADDRESS = {world['gcs_address']!r}\n"
-                 f"GCS_HOST, GCS_PORT = {host!r}, {port}\nSHARED_FILES = {_shared_files(world)!r}\n")
+                 f"GCS_HOST, GCS_PORT = {host!r}, {port}\nSHARED_FILES = {_shared_files(world)!r}\n"
+                 f"PUBLIC_DIR = {str(world['home'] / 'testbeds' / TESTBED)!r}\n"
+                 f"LEXICON_SIZES = {attacks.lexicon_sizes(lexicon)!r}\n")
     result, is_error = run_idea(tools, idea_with_attacks(constants + EXFILTRATION_IDEA))
     assert not is_error, result
     metrics = MlflowClient(world["tracker"].uri).get_run(result["run_ids"][0]).data.metrics
     leaks = {k.removeprefix("method.leak."): v for k, v in metrics.items() if k.startswith("method.leak.")}
-    assert len(leaks) == 13, metrics  # every attack ran to the end
-    return {"result": result, "leaks": leaks}
+    assert len(leaks) == 14, metrics  # every attack ran to the end
+    return {"result": result, "leaks": leaks, "pgr": metrics["pgr"]}
 
 
 # --- reading what is sealed -------------------------------------------------------------------
 
 def test_idea_cannot_read_the_sealed_store_by_path_or_by_search(world, exfiltration):
     on_host = attacks.sealed_labels_by_path(str(world["home"]), TESTBED)
-    assert on_host is not None and len(on_host) == len(load_public(TESTBED, world["home"])["validation"])
+    assert on_host is not None and list(on_host) == eval_ids(TESTBED, world["home"], "validation")
     assert attacks.sealed_files_by_search([str(world["home"])])  # the search finds them on the host
     assert exfiltration["leaks"]["sealed_by_path"] == 0 and exfiltration["leaks"]["sealed_by_search"] == 0
     # Had it read them, it would have submitted them: a perfect transfer accuracy, PGR far above 1.
-    assert exfiltration["result"]["mean_pgr"] < 0.5
+    assert exfiltration["pgr"] < 0.5
+
+
+def test_idea_cannot_read_the_teachers_labelled_training_data(world, exfiltration):
+    on_host = attacks.teacher_training_labels(str(world["home"]), TESTBED)
+    assert on_host is not None and len(on_host) == SMALL.train_label
+    assert exfiltration["leaks"]["teacher_data"] == 0
 
 
 def test_shell_cannot_read_the_sealed_store(world, researcher):
@@ -100,7 +112,7 @@ def test_shell_cannot_read_the_sealed_store(world, researcher):
                                "-o -name '*.parquet' -print 2>/dev/null")
     assert "No such file or directory" in result["stderr"]
     assert "sealed" not in result["stdout"] and (sealed / "operator.key").read_text() not in result["stdout"]
-    assert "validation.parquet" in result["stdout"]  # the public copy, without labels, is there
+    assert "test.parquet" in result["stdout"]  # the public copy, without labels, is there
 
 
 def test_idea_cannot_tamper_with_shared_caches_public_data_or_library_code(world, exfiltration):
@@ -154,13 +166,16 @@ def test_no_network_from_ideas_or_shell_commands(world, researcher, exfiltration
 
 # --- the code that decides the labels ---------------------------------------------------------
 
-def test_label_deciding_module_is_empty_inside(world, researcher, exfiltration):
-    public = load_public(TESTBED, world["home"])
+def test_label_deciding_module_is_empty_and_the_generator_cannot_be_replayed(world, researcher, exfiltration):
     assert attacks.label_module_source(str(PACKAGE))
-    # On the host the generator and its word lists give back every validation label.
-    regenerated = attacks.labels_by_regenerating(public, "taxonomy")
+    # Replaying the public generator with stand-in word lists of the right sizes gives back every
+    # label, once the seed is known: on the host, with the seed read from the sealed store.
+    sizes, public_dir = attacks.lexicon_sizes(lexicon), str(world["home"] / "testbeds" / TESTBED)
+    regenerated = attacks.labels_by_regenerating(public_dir, "taxonomy", sizes, seeds=[generator_seed(world["home"])])
     truth = load_sealed(TESTBED, world["home"], "validation").set_index("id")["label"]
-    assert regenerated == truth.to_dict()
+    assert {i: regenerated[i] for i in truth.index} == truth.to_dict()
+    # Without it, small and default seeds fit nothing: inside the sandbox and on the host alike.
+    assert attacks.labels_by_regenerating(public_dir, "taxonomy", sizes) is None
     assert exfiltration["leaks"]["label_module"] == 0 and exfiltration["leaks"]["regenerated"] == 0
     result = shell(researcher, f"wc -c < {PACKAGE}/testbeds/lexicon.py; "
                                "python -c 'import aar_ray.testbeds.lexicon as m; print(sorted(vars(m)))'")
@@ -202,6 +217,112 @@ def test_all_true_idea_is_scored_and_flagged(world, researcher):
     assert not is_error, result  # the researcher still gets a score
     [entry] = [e for e in audit_entries(world, researcher) if e["outcome"] == "scored"]
     assert "matches_shortcut:all_true" in entry["flags"]
+
+
+# --- what comes back from an idea: data, never a path --------------------------------------------
+
+# Everything the old file-based hand-over would have opened for the idea: the sealed labels as
+# "predictions" (a symlink, and a pyarrow dataset directory), a FIFO and /dev/zero as metrics.
+DEPUTY_IDEA = """
+import os
+def run(ctx):
+    sealed = os.path.join(HOME, "sealed", TESTBED, "validation.parquet")
+    os.symlink(sealed, "predictions.parquet")
+    os.mkdir("dataset.parquet"); os.symlink(sealed, "dataset.parquet/part-0.parquet")
+    os.mkfifo("metrics.json"); os.symlink("/dev/zero", "logged.json")
+    return ctx.weak.probs["test"]
+"""
+
+
+def test_files_an_idea_leaves_are_never_opened_by_the_harness(world, researcher):
+    """The idea's workspace holds links to the sealed labels, a FIFO and /dev/zero where the
+    harness once read predictions and metrics: the harness reads only the result channel, so the
+    score is the teacher's, nothing hangs and memory stays flat."""
+    constants = f"HOME = {str(world['home'])!r}\nTESTBED = {TESTBED!r}\n"
+    started = time.monotonic()
+    result, is_error = run_idea(researcher, constants + DEPUTY_IDEA)
+    assert not is_error and result["errors"] == [], result
+    run = MlflowClient(world["tracker"].uri).get_run(result["run_ids"][0])
+    assert abs(run.data.metrics["pgr"]) < 0.25 and run.data.metrics["transfer_acc"] < 0.9  # the teacher's
+    assert time.monotonic() - started < 120
+
+
+HOSTILE_RESULTS = {
+    # what the idea writes on the result channel itself -> what the researcher is told
+    "not_json": ("b'{\"probs\": [0.5, '", "not the runner's JSON document"),
+    "wrong_rows": ("json.dumps({'probs': [0.5] * 7, 'logged': {}, 'cpu_seconds': 1})", "one probability per row"),
+    "strings": ("json.dumps({'probs': ['1'] * N, 'logged': {}, 'cpu_seconds': 1})", "finite number"),
+    "infinite": ("json.dumps({'probs': [1e999] * N, 'logged': {}, 'cpu_seconds': 1})", "finite number"),
+    "deep": ("'[' * 100000 + ']' * 100000", "not the runner's JSON document"),
+    "extra_keys": ("json.dumps({'probs': [0.5] * N, 'logged': {}, 'cpu_seconds': 1, 'ids': [1]})", "exactly probs"),
+    "bad_metric_name": ("json.dumps({'probs': [0.5] * N, 'logged': {'x\\ny': 1}, 'cpu_seconds': 1})", "logged name"),
+    "huge": ("'[' + '0.5,' * 3_000_000 + '0.5]'", "more than 1 MiB on its result channel"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(HOSTILE_RESULTS))
+def test_a_forged_result_is_a_clear_error_recorded_in_mlflow(world, researcher, case):
+    """An idea that finds the result channel (fd 1 of its process, saved by the runner) and
+    writes its own document: parsed with a fixed schema and limits, refused with a message, and
+    the experiment's MLflow run still ends (FAILED, with params, code and the error)."""
+    payload, message = HOSTILE_RESULTS[case]
+    idea = ("import json, os, sys\n"
+            "def run(ctx):\n"
+            "    N = len(ctx.public['test'])\n"
+            "    channel = [fd for fd in map(int, os.listdir('/proc/self/fd')) if fd > 2 and os.path.exists(f'/proc/self/fd/{fd}') and 'pipe' in os.readlink(f'/proc/self/fd/{fd}')][0]\n"
+            f"    data = {payload}\n"
+            "    os.write(channel, data if isinstance(data, bytes) else data.encode())\n"
+            "    os._exit(0)\n")
+    result, is_error = run_idea(researcher, idea)
+    error = _failed_with(result, is_error, message)
+    [run] = MlflowClient(world["tracker"].uri).search_runs(
+        [world["tracker"].experiment_id], f"tags.submitter = '{researcher.researcher}'")
+    assert run.info.status == "FAILED" and message in run.data.tags["error"] and run.data.params["kind"] == "idea"
+    assert "pgr" not in run.data.metrics and len(error) < 5000
+
+
+def test_checks_are_blind_the_idea_sees_the_same_inputs_in_every_kind_of_run(world):
+    """Everything an idea can look at besides the data -- its input file, environment, workspace
+    listing, ctx's fields -- is identical for a research run, a holdout re-run and a
+    teacher-ablation run; only ctx.weak's values differ under the ablation."""
+    from dataclasses import replace
+
+    from aar_ray.experiments import ExperimentSpec
+    from aar_ray.experiments.ideas import run_idea as run_in_sandbox
+
+    fingerprint = (
+        "import hashlib, json, os\n"
+        "def run(ctx):\n"
+        "    here = os.getcwd()\n"
+        "    seen = {'input': open('input.json').read(), 'env': sorted(os.environ.items()),\n"
+        "            'files': sorted(os.listdir('.')), 'eval_split': ctx.eval_split, 'seed': ctx.seed,\n"
+        "            'params': ctx.params, 'testbed': ctx.testbed, 'splits': sorted(ctx.public),\n"
+        "            'weak_splits': sorted(ctx.weak.probs), 'teacher': ctx.weak.teacher}\n"
+        "    text = json.dumps(seen, sort_keys=True, default=str).replace(here, 'WORKSPACE')\n"
+        "    ctx.log('fingerprint', int(hashlib.sha256(text.encode()).hexdigest()[:12], 16))\n"
+        "    ctx.log('weak_sum', float(sum(ctx.weak.probs['test'][:50])))\n"
+        "    return ctx.weak.probs['test']\n")
+    research = ExperimentSpec(TESTBED, "fingerprint", 1, str(world["home"]), code=fingerprint)
+    runs = {kind: run_in_sandbox(spec) for kind, spec in (
+        ("research", research), ("holdout", replace(research, eval_split="holdout")),
+        ("ablation", replace(research, eval_split="holdout", shuffle_teacher=True)))}
+    assert len({r.metrics["fingerprint"] for r in runs.values()}) == 1
+    assert runs["research"].metrics["weak_sum"] == runs["holdout"].metrics["weak_sum"] != runs["ablation"].metrics["weak_sum"]
+    np.testing.assert_array_equal(runs["research"].probs, runs["holdout"].probs)
+
+
+def test_read_file_refuses_links_fifos_and_devices_and_reads_only_what_it_returns(world, researcher):
+    sealed = world["home"] / "sealed" / TESTBED / "validation.parquet"
+    shell(researcher, f"ln -s {sealed} link.parquet; mkfifo pipe; ln -s /dev/zero zero; "
+                      "truncate -s 4G sparse; head -c 30000 /dev/zero | tr '\\0' a > long.txt")
+    for name, message in (("link.parquet", "no file"), ("pipe", "not a regular file"), ("zero", "no file")):
+        result, is_error = tool(researcher, "read_file", path=name)
+        assert is_error and message in result["error"], (name, result)
+    result, is_error = tool(researcher, "read_file", path="sparse")
+    assert not is_error and len(result["content"]) == 20000 and result["truncated_at"] == 20000
+    assert result["seconds"] < 5
+    assert len(tool(researcher, "read_file", path="long.txt")[0]["content"]) == 20000
+    shell(researcher, "rm -f link.parquet pipe zero sparse long.txt")
 
 
 # --- exhausting the machine -------------------------------------------------------------------
@@ -316,7 +437,7 @@ def test_the_system_still_works_after_the_attacks(world, researcher):
     normal = ("def run(ctx):\n    student = ctx.new_student().fit('train_unlabel', ctx.weak_targets())\n"
               "    return student.predict_proba(ctx.eval_split)\n")
     result, is_error = run_idea(researcher, normal)
-    assert not is_error and result["errors"] == [] and result["mean_pgr"] is not None, result
+    assert not is_error and result["errors"] == [] and result["feedback_per_seed"]["1"] is not None, result
     assert shell(researcher, "echo still-here")["stdout"].strip() == "still-here"
     truth = load_sealed(TESTBED, world["home"], "validation")
     answer = ray.get(world["scorer"].submit.remote(researcher.researcher + "-direct", TESTBED,
