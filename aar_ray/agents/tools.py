@@ -7,6 +7,7 @@ here returns a sealed label: experiments go through the scorer, which answers in
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import stat
@@ -22,7 +23,8 @@ from aar_ray.agents.budget import Budget, BudgetExceeded
 from aar_ray.experiments import ExperimentSpec, record_experiment
 from aar_ray.methods import METHODS, MethodSpecError, parse_method
 from aar_ray.models import StudentConfig, TeacherConfig
-from aar_ray.sandbox import MIB, Sandbox, SandboxLimits, disk_usage
+from aar_ray.sandbox import MIB, Sandbox, SandboxLimits, workspace_usage
+from aar_ray.sandbox.quota import WorkspaceUsage
 from aar_ray.testbeds import load_public, testbed_meta
 
 TASK = """\
@@ -133,39 +135,63 @@ def sample_data(ctx: ToolContext, split: str, n: int) -> dict:
 
 
 READ_LIMIT = 20000  # characters a read_file answer holds
+CODE_LIMIT = 200_000  # characters of an idea file run_experiment and share_code take
+
+
+def _open_regular(ctx: ToolContext, path: str, flags: int) -> int:
+    """A descriptor of a regular file of the workspace. Opened without following a symlink and
+    without waiting on a FIFO, then checked (fstat): a link, FIFO or device that sandboxed code
+    left there is refused rather than followed, waited on or drained."""
+    try:
+        fd = os.open(_workspace_file(ctx, path), flags | os.O_NOFOLLOW | os.O_NONBLOCK, 0o644)
+    except OSError as err:
+        if err.errno in (errno.ENXIO, errno.ELOOP):  # a FIFO nobody reads, a symlink
+            raise ToolError(f"{path!r} is not a regular file") from None
+        raise ToolError(f"cannot open {path!r} in your workspace ({err.strerror})") from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise ToolError(f"{path!r} is not a regular file")
+    return fd
+
+
+def read_text(ctx: ToolContext, path: str, limit: int) -> tuple[str, bool]:
+    """(the first `limit` characters of a workspace file, whether there was more), reading no
+    more than that from disk."""
+    with os.fdopen(_open_regular(ctx, path, os.O_RDONLY), "rb") as f:
+        data = f.read(limit * 4 + 1)  # UTF-8 is at most 4 bytes a character
+    text = data.decode("utf-8", errors="replace")
+    return text[:limit], len(text) > limit
 
 
 def read_file(ctx: ToolContext, path: str) -> dict:
-    """The start of a regular file of the workspace, reading no more than it returns. The file
-    is opened without following a symlink and checked after opening (fstat), so a link, FIFO or
-    device the sandbox left there is refused rather than followed, waited on or drained."""
-    full = _workspace_file(ctx, path)
-    try:
-        fd = os.open(full, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
-    except OSError:
-        raise ToolError(f"no file {path!r} in your workspace") from None
-    with os.fdopen(fd, "rb") as f:
-        info = os.fstat(f.fileno())
-        if not stat.S_ISREG(info.st_mode):
-            raise ToolError(f"{path!r} is not a regular file")
-        data = f.read(READ_LIMIT * 4)  # UTF-8 is at most 4 bytes a character
-    text = data.decode("utf-8", errors="replace")[:READ_LIMIT]
-    return {"path": path, "content": text, **({"truncated_at": READ_LIMIT} if info.st_size > len(data)
-                                             or len(text) == READ_LIMIT and info.st_size > len(text) else {})}
+    text, more = read_text(ctx, path, READ_LIMIT)
+    return {"path": path, "content": text, **({"truncated_at": READ_LIMIT} if more else {})}
+
+
+def read_code(ctx: ToolContext, path: str) -> str:
+    code, more = read_text(ctx, path, CODE_LIMIT)
+    if more:
+        raise ToolError(f"{path} is longer than {CODE_LIMIT} characters; split it or trim it")
+    return code
 
 
 def write_file(ctx: ToolContext, path: str, content: str) -> dict:
     full = _workspace_file(ctx, path)
     data = content.encode()
-    quota = ctx.shell_limits.workspace_mb
-    if quota is not None:  # the same quota the shell's commands are held to
-        replaced = full.stat().st_blocks * 512 if full.is_file() else 0
-        after = disk_usage(ctx.workspace) - replaced + len(data)
-        if after > quota * MIB:
-            raise ToolError(f"writing {path} would put your workspace at {after / MIB:.0f} MiB, over its "
-                            f"quota of {quota} MiB; delete files first")
+    limits = ctx.shell_limits
+    if limits.workspace_mb is not None or limits.workspace_files is not None:
+        # The quotas the shell's commands are held to; an overwrite frees what the file held.
+        used = workspace_usage(ctx.workspace)
+        replaced = max(full.lstat().st_blocks * 512, full.lstat().st_size) if full.is_file() else 0
+        after = WorkspaceUsage(used.bytes - replaced + len(data), used.entries + (not full.exists()))
+        if after.over(limits):
+            raise ToolError(f"writing {path} would put your workspace at {after.bytes / MIB:.0f} MiB and "
+                            f"{after.entries} files, over its quota of {limits.workspace_mb} MiB or "
+                            f"{limits.workspace_files} files; delete files first")
     full.parent.mkdir(parents=True, exist_ok=True)
-    full.write_bytes(data)
+    with os.fdopen(_open_regular(ctx, path, os.O_WRONLY | os.O_CREAT), "wb") as f:
+        f.truncate(0)
+        f.write(data)
     return {"path": path, "bytes": len(data)}
 
 
@@ -231,7 +257,7 @@ def _experiment_spec(ctx: ToolContext, idea_file: str | None, method: str | None
         except MethodSpecError as err:
             raise ToolError(str(err)) from None
         return ExperimentSpec(ctx.testbed, name, 0, ctx.home, params, ctx.student, ctx.teacher)
-    code = read_file(ctx, idea_file)["content"]
+    code = read_code(ctx, idea_file)
     if "def run(" not in code:
         raise ToolError(f"{idea_file} has no `def run(ctx)`")
     return ExperimentSpec(ctx.testbed, Path(idea_file).stem, 0, ctx.home, {}, ctx.student, ctx.teacher, code=code)
@@ -257,7 +283,7 @@ def read_forum(ctx: ToolContext, query: str | None = None, limit: int = 10) -> d
 
 
 def share_code(ctx: ToolContext, idea_file: str) -> dict:
-    return {"code_id": ctx.forum.share_code(ctx.researcher, idea_file, read_file(ctx, idea_file)["content"])}
+    return {"code_id": ctx.forum.share_code(ctx.researcher, idea_file, read_code(ctx, idea_file))}
 
 
 def read_shared_code(ctx: ToolContext, code_id: int) -> dict:

@@ -3,16 +3,19 @@
 Threat model: the code is written by a researcher agent we do not trust to respect the rules
 of the experiment, not by a determined kernel attacker. It must not be able to read the
 sealed labels (or the code that decides them), reach the network (other Ray actors, MLflow,
-model APIs), see the host's environment (API keys) or processes, or exhaust the machine.
-Defences, all from bubblewrap plus a small launcher: an empty root with only the system
-directories, the Python installation, the caller's read-only paths and one writable workspace
-mounted; masks over hidden paths inside those; private network, pid, ipc and uts namespaces;
-a whitelisted environment; an unprivileged user in a per-run user namespace (so RLIMIT_NPROC
-applies even when the host side is root); rlimits on memory, CPU, processes and file size;
-pinning to `cpus` cores; a seccomp filter against nested user namespaces and against re-pinning;
-a wall-clock timeout; capped output capture;
-a disk quota on the workspace (see `SandboxLimits`). Not covered: kernel exploits beyond that
-filter, covert timing channels, total memory across processes (rlimits are per process).
+model APIs), see the host's environment (API keys), processes or file layout, or exhaust the
+machine. Defences, from bubblewrap plus a small launcher and this process: an empty root with
+only the system directories, the Python installation, the caller's read-only paths and one
+writable workspace mounted; masks over hidden paths inside those; private network, pid, ipc
+and uts namespaces; a whitelisted environment; an unprivileged user in a per-run user namespace
+(so RLIMIT_NPROC applies even when the host side is root); rlimits on memory, CPU, processes and
+file size; a memory cgroup per run capping all its processes and tmpfs together; pinning to
+`cpus` cores; a seccomp filter against nested user namespaces and against re-pinning; Landlock
+keeping /proc's per-process files unreadable (the mount table would name host paths); a
+wall-clock timeout; capped output capture; a quota on the workspace's bytes and entries (see
+`SandboxLimits`). Not covered: kernel exploits beyond that filter, covert timing channels; and
+where this process may not create cgroups (not root, no delegation) the memory cap falls back
+to the per-process rlimits, where the kernel has no Landlock the command gets no /proc at all.
 
 Usage:
     sandbox = Sandbox(workspace, readonly=[repo, public_data], hidden=[repo / ".aar/sealed"])
@@ -23,9 +26,11 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 import os
 import random
 import shutil
+import signal
 import stat
 import sys
 import tempfile
@@ -33,9 +38,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping, Sequence
 
+from .cgroup import MemoryCgroup
+from .launcher import landlock_abi
 from .limits import MIB, QUOTA_POLL_SECONDS, SandboxLimits
 from .mounts import bwrap_command, is_within
-from .process import run_capped
+from .process import Watchdog, run_capped
+from .quota import WorkspaceUsage, WorkspaceWatch, disk_usage, over_quota_note, workspace_usage
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "MIB",
@@ -45,6 +55,7 @@ __all__ = [
     "SandboxUnavailable",
     "check_available",
     "disk_usage",
+    "workspace_usage",
 ]
 
 APT_PACKAGE = "bubblewrap"
@@ -69,11 +80,12 @@ class SandboxResult:
     timed_out: bool
     truncated: bool
     wall_seconds: float
-    stopped_because: str | None = None  # e.g. the workspace quota; then stderr says so too
+    # e.g. the workspace quota or the memory cap; then stderr says so too, and returncode != 0
+    stopped_because: str | None = None
 
     @property
     def ok(self) -> bool:
-        return self.returncode == 0 and not self.timed_out
+        return self.returncode == 0 and not self.timed_out and self.stopped_because is None
 
 
 def running_as_root() -> bool:
@@ -118,24 +130,15 @@ def check_available() -> None:
     _available = True
 
 
-def disk_usage(root: Path) -> int:
-    """Bytes allocated to the files under `root` (blocks, so sparse files count what they
-    hold), symlinks not followed."""
-    total, stack = 0, [str(root)]
-    while stack:
-        try:
-            entries = list(os.scandir(stack.pop()))
-        except OSError:  # removed or unreadable meanwhile
-            continue
-        for entry in entries:
-            try:
-                info = entry.stat(follow_symlinks=False)
-            except OSError:
-                continue
-            total += info.st_blocks * 512
-            if stat.S_ISDIR(info.st_mode):
-                stack.append(entry.path)
-    return total
+@functools.lru_cache(maxsize=2)
+def proc_guard(as_root: bool) -> str | None:
+    """How the command is kept from reading the mount table in /proc (see launcher.py):
+    "landlock", else "cover" (as root: the launcher needs /proc, then covers it), else None
+    (no /proc is mounted)."""
+    if landlock_abi() >= 1:
+        return "landlock"
+    log.warning("sandbox: the kernel has no Landlock; sandboxed commands get no /proc")
+    return "cover" if as_root else None
 
 
 def give_to_sandbox_user(workspace: Path, skip: Sequence[Path]) -> None:
@@ -165,7 +168,14 @@ class Sandbox:
     readable), since that is who runs inside. Hide a bound repository's `.git` as well: its
     history holds every committed version of the files hidden here. `devices` are device
     nodes passed through as they are (e.g. /dev/nvidia0, /dev/nvidiactl, /dev/nvidia-uvm for
-    a GPU; then also set `memory_mb=None`).
+    a GPU; then also set `memory_mb=None` and a larger `total_memory_mb`).
+
+    /proc is the sandbox's own (its processes only), and only its directories can be listed:
+    files under /proc/<pid> (status, cmdline, environ, mountinfo, ...) cannot be read, since
+    the mount table names host paths; /proc/self/fd links still work, and so do a few
+    machine-wide files (cpuinfo, meminfo, stat, ...: launcher.PROC_READABLE). Memory: `limits.total_memory_mb` caps the sandbox's
+    processes together when this process can create a memory cgroup (root here); otherwise a
+    log line says once that only the per-process rlimits apply (see `SandboxLimits`).
 
     `run` must be called from a thread that outlives the command: bwrap's --die-with-parent
     follows the thread that started it.
@@ -239,8 +249,8 @@ class Sandbox:
         as_root: bool,
         empty_fd: int,
     ) -> SandboxResult:
-        quota = None if self.limits.workspace_mb is None else self.limits.workspace_mb * MIB
-        used_at_start = 0 if quota is None else disk_usage(self.workspace)
+        at_start = workspace_usage(self.workspace) if self._has_workspace_quota() else WorkspaceUsage(0, 0)
+        proc = proc_guard(as_root)
         command = bwrap_command(
             bwrap=find_bwrap(),
             as_root=as_root,
@@ -250,45 +260,75 @@ class Sandbox:
             devices=self.devices,
             limits=self.limits,
             env=self._inside_environment(env),
-            launcher_spec=self._launcher_spec(workspace_used_bytes=used_at_start),
+            launcher_spec=self._launcher_spec(at_start, proc),
             command=argv,
             empty_fd=empty_fd,
+            mount_proc=proc is not None,
         )
-        captured = run_capped(
-            command,
-            stdin=stdin,
-            # bwrap itself gets nothing of ours either (--clearenv covers the inside).
-            env={"PATH": DEFAULT_PATH},
-            wall_seconds=self.limits.wall_seconds,
-            max_output_bytes=self.limits.max_output_bytes,
-            pass_fds=[empty_fd],
-            watchdog=None if quota is None else functools.partial(self._over_quota, used_at_start),
-            poll_seconds=QUOTA_POLL_SECONDS,
-        )
+        total = self.limits.total_memory_mb
+        cgroup = None if total is None else MemoryCgroup.create(total * MIB)
+        try:
+            captured = run_capped(
+                command if cgroup is None else cgroup.command(command),
+                stdin=stdin,
+                # bwrap itself gets nothing of ours either (--clearenv covers the inside).
+                env={"PATH": DEFAULT_PATH},
+                wall_seconds=self.limits.wall_seconds,
+                max_output_bytes=self.limits.max_output_bytes,
+                pass_fds=[empty_fd],
+                watchdog=self._watchdog(at_start, cgroup),
+                poll_seconds=QUOTA_POLL_SECONDS,
+            )
+            # The kernel may have killed a process between the watchdog's last look and the end.
+            stopped_because = captured.stopped_because or self._over_memory(cgroup)
+        finally:
+            if cgroup is not None:
+                cgroup.remove()
+        returncode = captured.returncode
+        if stopped_because and returncode == 0:
+            returncode = -signal.SIGKILL  # as if the watchdog had been in time to stop it
         stderr = captured.stderr.text()
-        if captured.stopped_because:
-            stderr += f"\n[sandbox: stopped: {captured.stopped_because}]\n"
-        elif quota is not None and used_at_start > quota:
-            stderr += (f"\n[sandbox: the workspace is over its quota of {self.limits.workspace_mb} MiB: "
-                       "no file can grow until you delete files]\n")
+        note = over_quota_note(self.limits, at_start)
+        if stopped_because:
+            stderr += f"\n[sandbox: stopped: {stopped_because}]\n"
+        elif note is not None:
+            stderr += f"\n[sandbox: {note}]\n"
         return SandboxResult(
-            returncode=captured.returncode,
+            returncode=returncode,
             stdout=captured.stdout.text(),
             stderr=stderr,
             timed_out=captured.timed_out,
             truncated=bool(captured.stdout.dropped or captured.stderr.dropped),
             wall_seconds=captured.wall_seconds,
-            stopped_because=captured.stopped_because,
+            stopped_because=stopped_because,
         )
 
-    def _over_quota(self, used_at_start: int) -> str | None:
-        """Stop a command that takes the workspace over its quota. One that starts over it (to
-        read or delete) may go on as long as it does not add to it."""
-        used, quota = disk_usage(self.workspace), self.limits.workspace_mb * MIB
-        if used <= max(quota, used_at_start):
+    def _has_workspace_quota(self) -> bool:
+        return self.limits.workspace_mb is not None or self.limits.workspace_files is not None
+
+    def _watchdog(self, at_start: WorkspaceUsage, cgroup: MemoryCgroup | None) -> Watchdog | None:
+        """What is checked while the command runs: the memory cap (one small file read, every
+        poll) and the workspace quota (paced, see quota.py)."""
+        checks: list[Watchdog] = []
+        if cgroup is not None:
+            checks.append(functools.partial(self._over_memory, cgroup))
+        if self._has_workspace_quota():
+            checks.append(WorkspaceWatch(self.workspace, self.limits, at_start))
+        if not checks:
             return None
-        return (f"the workspace holds {used / MIB:.0f} MiB, over its quota of {self.limits.workspace_mb} MiB; "
-                "delete files to write again")
+
+        def watchdog() -> str | None:
+            return next((reason for reason in (check() for check in checks) if reason), None)
+
+        return watchdog
+
+    def _over_memory(self, cgroup: MemoryCgroup | None) -> str | None:
+        """Stop a command once the kernel had to kill one of its processes to hold the memory
+        cap: the rest would carry on without it, or hit the cap again."""
+        if cgroup is None or cgroup.oom_kills() == 0:
+            return None
+        return (f"its processes together reached the memory cap of {self.limits.total_memory_mb} MiB "
+                "(total_memory_mb; files in /tmp and /dev/shm count too) and the kernel killed one")
 
     def _inside_environment(self, extra: Mapping[str, str] | None) -> dict[str, str]:
         interpreter_bin = str(Path(sys.executable).parent)  # the venv's bin: `python` is ours
@@ -309,13 +349,14 @@ class Sandbox:
             return None
         return sorted(random.sample(allowed, self.limits.cpus))
 
-    def _launcher_spec(self, workspace_used_bytes: int) -> str:
+    def _launcher_spec(self, workspace_at_start: WorkspaceUsage, proc: str | None) -> str:
         return json.dumps(
             {
                 "uid": SANDBOX_UID,
                 "gid": SANDBOX_GID,
                 "cwd": str(self.workspace),
-                "rlimits": self.limits.rlimits(workspace_used_bytes),
+                "rlimits": self.limits.rlimits(workspace_at_start.bytes, workspace_at_start.entries),
                 "cpus": self._pick_cpus(),
+                "proc": proc,
             }
         )

@@ -97,10 +97,12 @@ def system_mount_options() -> list[str]:
     return options
 
 
-def scratch_mount_options(limits: SandboxLimits, devices: Sequence[Path]) -> list[str]:
-    """Fresh /proc (this pid namespace only), a minimal /dev, and private size-capped tmpfs."""
+def scratch_mount_options(limits: SandboxLimits, devices: Sequence[Path], mount_proc: bool = True) -> list[str]:
+    """Fresh /proc (this pid namespace only; the launcher keeps its per-process files unreadable,
+    or there is none), a minimal /dev, and private size-capped tmpfs."""
     size = str(limits.tmp_mb * MIB)
-    options = ["--proc", "/proc", "--dev", "/dev"]
+    options = ["--proc", "/proc"] if mount_proc else ["--perms", "0555", "--dir", "/proc"]
+    options += ["--dev", "/dev"]
     # World-writable with the sticky bit, like a normal /tmp: the sandbox user is not root.
     options += ["--perms", "1777", "--size", size, "--tmpfs", "/tmp"]
     options += ["--perms", "1777", "--size", size, "--tmpfs", "/dev/shm"]
@@ -170,6 +172,7 @@ def bwrap_command(
     launcher_spec: str,
     command: Sequence[str],
     empty_fd: int,
+    mount_proc: bool = True,
 ) -> list[str]:
     """The full argv: bwrap options, then the launcher, then the caller's command.
 
@@ -186,7 +189,7 @@ def bwrap_command(
     # Kill the sandbox if we die; own session so it cannot inject input into our terminal.
     options += ["--die-with-parent", "--new-session", "--hostname", "sandbox"]
     options += system_mount_options()
-    options += scratch_mount_options(limits, devices)
+    options += scratch_mount_options(limits, devices, mount_proc)
     options += parent_directory_options(destinations)
     options += bind_options(binds)
     options += ["--ro-bind", str(launcher_source), LAUNCHER_INSIDE]

@@ -311,18 +311,24 @@ def test_checks_are_blind_the_idea_sees_the_same_inputs_in_every_kind_of_run(wor
     np.testing.assert_array_equal(runs["research"].probs, runs["holdout"].probs)
 
 
-def test_read_file_refuses_links_fifos_and_devices_and_reads_only_what_it_returns(world, researcher):
+def test_file_tools_refuse_links_fifos_and_devices_and_read_only_what_they_return(world, researcher):
+    """What a shell command leaves in the workspace for the researcher's own tools to trip on: a
+    link to the sealed labels, a FIFO (would block a reader or writer forever), /dev/zero (would
+    never end) and an 8 MiB sparse file (read_file reads what it returns, not the file)."""
     sealed = world["home"] / "sealed" / TESTBED / "validation.parquet"
     shell(researcher, f"ln -s {sealed} link.parquet; mkfifo pipe; ln -s /dev/zero zero; "
-                      "truncate -s 4G sparse; head -c 30000 /dev/zero | tr '\\0' a > long.txt")
-    for name, message in (("link.parquet", "no file"), ("pipe", "not a regular file"), ("zero", "no file")):
-        result, is_error = tool(researcher, "read_file", path=name)
-        assert is_error and message in result["error"], (name, result)
+                      "truncate -s 8M sparse; head -c 30000 /dev/zero | tr '\\0' a > long.txt")
+    for name, message in (("link.parquet", "outside your workspace"), ("pipe", "not a regular file"),
+                          ("zero", "outside your workspace")):
+        for tool_name, arguments in (("read_file", {}), ("write_file", {"content": "x"})):
+            result, is_error = tool(researcher, tool_name, path=name, **arguments)
+            assert is_error and message in result["error"], (tool_name, name, result)
     result, is_error = tool(researcher, "read_file", path="sparse")
     assert not is_error and len(result["content"]) == 20000 and result["truncated_at"] == 20000
     assert result["seconds"] < 5
     assert len(tool(researcher, "read_file", path="long.txt")[0]["content"]) == 20000
     shell(researcher, "rm -f link.parquet pipe zero sparse long.txt")
+    assert sealed.stat().st_size > 0  # the write through the link went nowhere
 
 
 # --- exhausting the machine -------------------------------------------------------------------
