@@ -238,11 +238,11 @@ class Plane:
 
 def start_plane(home: Path, store: Path, workload: Workload, budget: int) -> Plane:
     from aar_ray.scoring import ScorerConfig, scorer_actor
-    from aar_ray.testbeds import load_public
+    from aar_ray.testbeds import eval_ids
 
     import_small_testbed(home)
-    ids = load_public(TESTBED, home)["validation"]["id"].tolist()
-    scorer = scorer_actor(home, ScorerConfig(submissions_per_submitter=budget, baseline_seeds=BASELINE_SEEDS))
+    ids = eval_ids(TESTBED, home, "validation")
+    scorer = scorer_actor(home, ScorerConfig(queries_per_analyst=budget, baseline_seeds=BASELINE_SEEDS))
     recorder = Recorder.remote(f"sqlite:///{store / 'mlflow.db'}", ids)
     ray.get([scorer.baselines.remote(TESTBED), recorder.count_runs.remote("warm-up")])  # computed once
     return Plane(scorer, recorder, ids, workload, budget, uuid.uuid4().hex[:8])

@@ -43,7 +43,7 @@ def main() -> None:
         config = load_config(BaselineConfig, None, [
             f"home={args.home}", f"testbeds=[{args.testbed}]",
             f"seeds=[{','.join(map(str, args.seeds))}]", f"tracking.uri=sqlite:///{store}/mlflow.db",
-            "submitter=benchmark", "scorer.submissions_per_submitter=100000"])
+            "submitter=benchmark", "scorer.queries_per_analyst=100000"])
         connect_ray()
         start = time.perf_counter()
         prepare(config, scorer_actor(config.home, config.scorer, config.teacher, config.student), progress=False)

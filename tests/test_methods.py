@@ -39,7 +39,7 @@ def test_runs_are_deterministic_per_seed_and_differ_across_seeds(small_home):
 
 
 def test_the_student_prior_knows_taxonomy_without_any_label(small_home):
-    scorer = Scorer(small_home, ScorerConfig(submissions_per_submitter=100, baseline_seeds=2))
+    scorer = Scorer(small_home, ScorerConfig(queries_per_analyst=100, baseline_seeds=2))
     result = run_method(_spec(small_home, "tax-small", "zero_shot_prior"))
     assert scorer.submit("methods-test", "tax-small", *result.half("validation"))["transfer_acc"] > 0.75
 

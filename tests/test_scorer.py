@@ -1,5 +1,7 @@
-"""The scorer: rounded scores only, budgets, bad submissions, holdout behind the operator key."""
+"""The scorer: a rounded record for the operator, Ladder feedback for researchers, one query
+budget per analyst, bad submissions, and holdout and plain records behind the operator key."""
 
+import math
 import time
 
 import numpy as np
@@ -8,9 +10,12 @@ import pytest
 
 from aar_ray.models.artifacts import binary_labels
 from aar_ray.scoring import BudgetExhausted, Scorer, ScoreError, ScorerConfig, read_operator_key
+from aar_ray.scoring.ladder import labels_beyond_chance_bound, ladder_levels, ladder_step, transcript_bits
 from aar_ray.testbeds import load_public, load_sealed
 
-FAST = ScorerConfig(submissions_per_submitter=3, baseline_seeds=2)
+FAST = ScorerConfig(queries_per_analyst=3, baseline_seeds=2)
+RECORD = {"transfer_acc", "weak_acc", "strong_acc", "pgr"}
+FEEDBACK = {"pgr", "improved", "step", "queries_left", "flags"}
 
 
 @pytest.fixture()
@@ -27,12 +32,15 @@ def _truth(home, split="validation", testbed="tax-small"):
 def test_perfect_predictions_score_near_full_recovery_and_are_rounded(scorer, small_home):
     ids, labels = _truth(small_home)
     result = scorer.submit("alice", "tax-small", ids, labels)
-    assert set(result) == {"transfer_acc", "weak_acc", "strong_acc", "pgr", "submissions_left"}
+    assert set(result) == RECORD | {"feedback"}
     assert result["transfer_acc"] == 1.0
     assert result["weak_acc"] < result["strong_acc"]
-    for key in ("transfer_acc", "weak_acc", "strong_acc", "pgr"):
+    for key in RECORD:
         assert abs(result[key] * 100 - round(result[key] * 100)) < 1e-9, key
-    assert result["submissions_left"] == 2
+    feedback = result["feedback"]
+    assert set(feedback) == FEEDBACK and feedback["queries_left"] == 2 and feedback["improved"]
+    assert feedback["step"] == scorer.ladder_step("tax-small") and feedback["flags"] == []
+    assert abs(feedback["pgr"] - result["pgr"]) <= feedback["step"] / 2 + 0.01  # on the step's grid
 
 
 def test_flipping_one_prediction_is_invisible_in_the_rounded_score(scorer, small_home):
@@ -43,6 +51,33 @@ def test_flipping_one_prediction_is_invisible_in_the_rounded_score(scorer, small
     probs[40] = 1 - probs[40]  # one more wrong: the exact count moves by one
     second = scorer.submit("bob", "tax-small", ids, probs)
     assert first["transfer_acc"] == second["transfer_acc"]
+    assert second["feedback"]["pgr"] == first["feedback"]["pgr"] and not second["feedback"]["improved"]
+
+
+def test_the_ladder_shows_a_new_best_only_past_the_step_and_rounded_to_it(scorer, small_home):
+    """Feedback moves only when a submission beats the analyst's released best by more than the
+    step, and then shows it on the step's grid; otherwise it repeats the best, whatever the
+    submission scored (worse, or better by less than a step)."""
+    scorer = Scorer(small_home, ScorerConfig(queries_per_analyst=10, baseline_seeds=2))
+    ids, labels = _truth(small_home)
+    step, base = scorer.ladder_step("tax-small"), scorer.baselines("tax-small")["validation"]
+    gap = base["strong_acc"] - base["weak_acc"]
+
+    def at_least(pgr_value):  # predictions with the fewest right rows that reach this PGR
+        right = int(np.ceil((base["weak_acc"] + pgr_value * gap) * len(ids)))
+        probs = labels.copy()
+        probs[right:] = 1 - probs[right:]
+        return probs
+
+    answers = [scorer.submit("lad", "tax-small", ids, at_least(k * step))["feedback"]
+               for k in (-5, 0.5, 2.2, 2.7, 5, 3)]
+    shown = [(a["pgr"], a["improved"]) for a in answers]
+    assert shown == [(None, False),  # far below the teacher
+                     (None, False),  # above the teacher (the floor), but by less than a step
+                     (round(2 * step, 6), True),  # a new best, on the step grid
+                     (round(2 * step, 6), False),  # better, but by less than a step: the best again
+                     (round(5 * step, 6), True),
+                     (round(5 * step, 6), False)]  # a worse result never lowers the best
 
 
 @pytest.mark.parametrize("mutate, message", [
@@ -57,7 +92,7 @@ def test_bad_submissions_are_rejected_and_cost_nothing(scorer, small_home, mutat
     ids, labels = _truth(small_home)
     with pytest.raises(ScoreError, match=message):
         scorer.submit("carol", "tax-small", *mutate(ids, labels))
-    assert scorer.remaining("carol") == FAST.submissions_per_submitter
+    assert scorer.remaining("carol") == FAST.queries_per_analyst
     assert scorer.audit_log()[-1]["outcome"].startswith("rejected")
 
 
@@ -66,18 +101,42 @@ def test_unlabelled_and_holdout_rows_cannot_be_scored_by_submitters(scorer, smal
         ids, labels = _truth(small_home, split)
         with pytest.raises(ScoreError, match="validation ids"):
             scorer.submit("dave", "tax-small", ids, labels)
-    assert scorer.remaining("dave") == FAST.submissions_per_submitter
+    assert scorer.remaining("dave") == FAST.queries_per_analyst
 
 
-def test_budget_is_enforced_per_submitter_and_survives_a_restart(scorer, small_home):
+def test_budget_is_enforced_per_analyst_and_survives_a_restart(scorer, small_home):
     ids, labels = _truth(small_home)
     for _ in range(3):
-        scorer.submit("erin", "tax-small", ids, labels)
+        scorer.submit("erin", "tax-small", ids, labels)  # no analyst given: her own budget
     with pytest.raises(BudgetExhausted):
         scorer.submit("erin", "tax-small", ids, labels)
-    assert scorer.submit("frank", "tax-small", ids, labels)["submissions_left"] == 2
+    assert scorer.submit("frank", "tax-small", ids, labels)["feedback"]["queries_left"] == 2
+    # Researchers of one campaign draw on one budget, whoever submits.
+    assert scorer.submit("r1", "tax-small", ids, labels, analyst="camp")["feedback"]["queries_left"] == 2
+    assert scorer.submit("r2", "tax-small", ids, labels, analyst="camp")["feedback"]["queries_left"] == 1
+    scorer.submit("r3", "tax-small", ids, labels, analyst="camp")
+    with pytest.raises(BudgetExhausted, match="camp"):
+        scorer.submit("r4", "tax-small", ids, labels, analyst="camp")
+    assert scorer.remaining("r1") == FAST.queries_per_analyst  # not charged to the researcher
     restarted = Scorer(small_home, FAST)
     assert restarted.remaining("erin") == 0 and restarted.remaining("frank") == 2
+    assert restarted.remaining("camp") == 0
+
+
+def test_researchers_of_one_campaign_climb_one_ladder(scorer, small_home):
+    """The Ladder's best is the analyst's: a researcher whose result is below a colleague's best
+    sees that best and 'not better', so two researchers cannot probe twice as finely."""
+    ids, labels = _truth(small_home)
+    good = scorer.submit("ann", "tax-small", ids, labels, analyst="lab")["feedback"]
+    assert good["improved"] and good["pgr"] is not None
+    worse = labels.copy()
+    worse[:10] = 1 - worse[:10]
+    answer = scorer.submit("ben", "tax-small", ids, worse, analyst="lab")["feedback"]
+    assert answer["pgr"] == good["pgr"] and not answer["improved"]
+    # Another campaign has a Ladder of its own.
+    other = scorer.submit("ben", "tax-small", ids, worse, analyst="other-lab")["feedback"]
+    assert other["improved"] and other["pgr"] <= good["pgr"]
+    assert Scorer(small_home, FAST).released_best("lab", "tax-small") == good["pgr"]
 
 
 def test_holdout_needs_the_operator_key_and_uses_no_budget(scorer, small_home):
@@ -85,8 +144,25 @@ def test_holdout_needs_the_operator_key_and_uses_no_budget(scorer, small_home):
     with pytest.raises(ScoreError, match="operator key"):
         scorer.score_holdout("guess", "grace", "tax-small", ids, labels)
     result = scorer.score_holdout(read_operator_key(small_home), "grace", "tax-small", ids, labels)
-    assert result["transfer_acc"] == 1.0
-    assert scorer.remaining("grace") == FAST.submissions_per_submitter
+    assert result["transfer_acc"] == 1.0 and set(result) == RECORD
+    assert scorer.remaining("grace") == FAST.queries_per_analyst
+
+
+def test_the_operator_gets_the_plain_record_for_free_and_leaves_no_trace_on_a_ladder(scorer, small_home):
+    """Baseline sweeps submit many seeds of each method: with the operator key they are neither
+    charged nor put on a Ladder, and get the record only (no feedback)."""
+    ids, labels = _truth(small_home)
+    key = read_operator_key(small_home)
+    for _ in range(FAST.queries_per_analyst + 2):  # past any budget
+        result = scorer.submit("baseline", "tax-small", ids, labels, operator_key=key)
+        assert set(result) == RECORD and result["transfer_acc"] == 1.0
+    assert scorer.remaining("baseline") == FAST.queries_per_analyst
+    assert scorer.released_best("baseline", "tax-small") is None
+    assert scorer.audit_log()[-1]["operator"] is True
+    with pytest.raises(ScoreError, match="operator key"):
+        scorer.submit("baseline", "tax-small", ids, labels, operator_key="guess")
+    assert scorer.audit_log()[-1]["outcome"] == "rejected: wrong operator key"
+    assert Scorer(small_home, FAST).remaining("baseline") == FAST.queries_per_analyst
 
 
 def test_fixed_baselines_are_computed_once_and_kept_sealed(scorer, small_home):
@@ -100,7 +176,7 @@ def test_no_public_file_carries_a_sealed_label(small_home):
     for name in ("tax-small", "pref-small"):
         public = load_public(name, small_home)
         for split, frame in public.items():
-            assert ("label" in frame.columns) == (split == "train_label"), split
+            assert "label" not in frame.columns, split
     for path in (small_home / "cache").rglob("*.parquet"):
         assert "label" not in pd.read_parquet(path).columns
 
@@ -113,7 +189,7 @@ def test_scorer_is_one_named_actor_for_the_cluster(local_ray, small_home):
     ids, labels = _truth(small_home)
     result = local_ray.get(same.submit.remote("heidi", "tax-small", ids, labels))
     assert result["transfer_acc"] == 1.0
-    assert local_ray.get(actor.remaining.remote("heidi")) == FAST.submissions_per_submitter - 1
+    assert local_ray.get(actor.remaining.remote("heidi")) == FAST.queries_per_analyst - 1
 
 
 def test_a_keyed_submission_is_answered_once_and_charged_once_even_after_a_restart(scorer, small_home):
@@ -136,7 +212,7 @@ def test_a_killed_scorer_restarts_and_keyed_resubmissions_are_not_counted_twice(
     local_ray.kill(actor, no_restart=False)  # dies; Ray restarts it
     again, error = score_result(actor, "judy", spec, result, key="c/judy/x/seed1")
     assert error is None and again == first
-    assert _once_restarted(local_ray, lambda: actor.remaining.remote("judy")) == FAST.submissions_per_submitter - 1
+    assert _once_restarted(local_ray, lambda: actor.remaining.remote("judy")) == FAST.queries_per_analyst - 1
 
 
 def _once_restarted(ray, call, seconds=60):
@@ -158,6 +234,31 @@ def test_a_testbed_with_no_gap_is_refused_in_the_audit_log_and_costs_nothing(sco
     ids, labels = _truth(small_home)
     with pytest.raises(ScoreError, match="no weak-to-strong gap"):
         scorer.submit("erin", "tax-small", ids, labels)
-    assert scorer.remaining("erin") == FAST.submissions_per_submitter
+    assert scorer.remaining("erin") == FAST.queries_per_analyst
     audit = pd.read_json(small_home / "sealed" / "audit.jsonl", lines=True)
     assert audit.iloc[-1]["submitter"] == "erin" and "no weak-to-strong gap" in audit.iloc[-1]["outcome"]
+
+
+def test_the_ladder_step_is_one_standard_error_of_the_split_and_the_bound_counts_transcripts():
+    # taxonomy-like: 1,057 rows, teacher 0.696, ceiling 0.945: one SE of PGR is 0.047
+    assert ladder_step(1057, 0.696, 0.945, 1.0, 0.02, 0.01) == 0.05
+    assert ladder_step(100_000, 0.696, 0.945, 1.0, 0.02, 0.01) == 0.02  # never finer than the minimum
+    assert ladder_levels(0.0, 1.22, 0.05) == 24
+    # Q answers, M releasable values: C(Q + M, M) transcripts
+    assert math.isclose(transcript_bits(3, 2), math.log2(10))
+    assert transcript_bits(1000, 24) < 170 < 1000 * math.log2(25)
+    # bits -> labels beyond a guess that is wrong on 30% of 1,000 rows: nothing for nothing, all
+    # 300 errors for enough bits, and fewer labels than bits in between for a good guess
+    assert labels_beyond_chance_bound(1000, 0.3, 0) == 0
+    assert labels_beyond_chance_bound(1000, 0.3, 10_000) == 300
+    assert 0 < labels_beyond_chance_bound(1000, 0.1, 100) < 100
+
+
+def test_information_bound_describes_the_default_budget(small_home):
+    scorer = Scorer(small_home, ScorerConfig(baseline_seeds=2))
+    bound = scorer.information_bound("tax-small")
+    base = scorer.baselines("tax-small")["validation"]
+    assert bound["queries"] == ScorerConfig().queries_per_analyst and bound["rows"] == 150
+    assert bound["levels"] == ladder_levels(0.0, (1 - base["weak_acc"]) / (base["strong_acc"] - base["weak_acc"]),
+                                            bound["step"])
+    assert bound["bits"] == round(transcript_bits(bound["queries"], bound["levels"]), 1)

@@ -20,7 +20,7 @@ import numpy as np
 
 from aar_ray.agents.backends import ToolSpec
 from aar_ray.agents.budget import Budget, BudgetExceeded
-from aar_ray.experiments import ExperimentSpec, record_experiment
+from aar_ray.experiments import SCORER_TIMEOUT_S, ExperimentSpec, record_experiment
 from aar_ray.methods import METHODS, MethodSpecError, parse_method
 from aar_ray.models import StudentConfig, TeacherConfig
 from aar_ray.sandbox import MIB, Sandbox, SandboxLimits, workspace_usage
@@ -69,7 +69,6 @@ class ToolContext:
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
     max_seeds: int = 5
     experiment_gpus: float = 0.0  # GPUs each experiment task holds
-    ladder_noise: float = 0.02  # the leaderboard shows a new best only past this margin (the Ladder)
     shell_limits: SandboxLimits = field(default_factory=lambda: SandboxLimits(wall_seconds=60, cpus=1))
     finished: str | None = None
 
@@ -122,8 +121,11 @@ def _workspace_file(ctx: ToolContext, path: str) -> Path:
 
 def describe_task(ctx: ToolContext) -> dict:
     meta = testbed_meta(ctx.testbed, ctx.home)
+    import ray
+
+    step = ray.get(ctx.scorer.ladder_step.remote(ctx.testbed), timeout=SCORER_TIMEOUT_S)
     return {"task": TASK.format(testbed=ctx.testbed, format=meta["format"], methods=", ".join(METHODS),
-                                step=ctx.ladder_noise),
+                                step=step),
             "rows": meta["rows"], "budget": ctx.budget.to_dict()}
 
 
@@ -243,9 +245,11 @@ def run_experiment(ctx: ToolContext, seeds: list[int], idea_file: str | None = N
         raise ToolError("every seed failed:\n" + "\n".join(errors)[-4000:])
     mean = round(float(np.mean(scored)), 3)
     code_ref = ctx.forum.share_code(ctx.researcher, spec.method, spec.code) if spec.code else None
+    raised = [f["pgr"] for f in feedback if f and f.get("improved")]
     ctx.forum.record_result(ctx.researcher, ctx.testbed, spec.label if spec.code is None else f"idea:{spec.method}",
                             key, seeds, mean, float(np.mean(transfer)), run_ids, code_ref,
-                            flags=",".join(sorted(flags)), gpu_seconds=gpu_seconds)
+                            flags=",".join(sorted(flags)), gpu_seconds=gpu_seconds,
+                            shown_pgr=max(raised) if raised else None)
     return {"idea": spec.label, "feedback_per_seed": dict(zip(map(str, seeds), feedback)),
             "run_ids": run_ids, "errors": errors, "code_ref": code_ref}
 
@@ -264,13 +268,14 @@ def _experiment_spec(ctx: ToolContext, idea_file: str | None, method: str | None
 
 
 def leaderboard(ctx: ToolContext) -> dict:
-    """The Ladder's view: a result enters only by beating the released best by more than the
-    noise, so resubmitting variants until one is lucky on validation earns nothing."""
-    from aar_ray.scoring.checks import ladder_leaderboard
-
-    rows = ladder_leaderboard([r for r in ctx.forum.results() if r["testbed"] == ctx.testbed], ctx.ladder_noise)
-    keys = ("researcher", "testbed", "idea", "pgr", "seeds", "code_ref", "flags")
-    return {"leaderboard": [{k: r[k] for k in keys} for r in rows[:20]], "ladder_noise": ctx.ladder_noise}
+    """The campaign's Ladder, as its researchers were shown it: each result that raised the
+    campaign's best, with the value the scorer released then. Nothing here is new information:
+    every entry was already some researcher's feedback (the campaign is one analyst)."""
+    rows = [r for r in ctx.forum.results() if r["testbed"] == ctx.testbed and r.get("shown_pgr") is not None
+            and not r.get("disqualified")]
+    rows.sort(key=lambda r: -r["shown_pgr"])
+    keys = ("researcher", "testbed", "idea", "seeds", "code_ref", "flags")
+    return {"leaderboard": [{**{k: r[k] for k in keys}, "pgr": r["shown_pgr"]} for r in rows[:20]]}
 
 
 def post(ctx: ToolContext, title: str, body: str, run_ids: list[str] = (), code_refs: list[int] = ()) -> dict:

@@ -1,16 +1,48 @@
 """The scorer: the only code that reads sealed labels.
 
-A submission is a full set of predictions (P(True)/P(A)) for one testbed's validation rows. The
-answer is transfer accuracy and PGR against *fixed* baselines (weak and strong accuracy averaged
-over several seeds, as the released sandbox does), both rounded to 0.01. Nothing finer leaves:
-an exact count of correct rows lets a caller recover every label by flipping one prediction at a
-time. Each submitter has a budget; a malformed submission is rejected before it costs any.
-Holdout is scored only with the operator key, which lives in the sealed store.
+A submission is a full set of predictions (P(True)/P(A)) for one testbed's validation rows,
+scored against *fixed* baselines (weak and strong accuracy averaged over several seeds, as the
+released sandbox does). An answer has two parts, for two readers:
 
-Hack checks (checks.py) run on every submission: one that matches a label-free shortcut is
-scored but flagged; one that differs from an earlier one of the same submitter in only a few rows
-is flagged as probing, and refused once the submitter's probes are used up. Flags go into the
-audit log and, when there are any, into the answer under `flags`.
+- **The record**, for the operator (MLflow, the audit log, reports): `transfer_acc`, `weak_acc`,
+  `strong_acc` and `pgr`, rounded to 0.01, and `flags` when there are any.
+- **`feedback`**, the ONLY part a researcher may be shown (the researcher tools pass on nothing
+  else): `{"pgr": released best or None, "improved": bool, "step": eta, "queries_left": n,
+  "flags": [...]}`. It is a reusable holdout, the Ladder (Blum & Hardt 2015, see ladder.py):
+  per analyst and testbed, a submission whose PGR beats the analyst's released best by more
+  than `step` becomes the new best, released rounded to the step grid (`improved: true`);
+  any other answer repeats the best (`improved: false`). The Ladder starts at
+  `ladder_floor` (PGR 0, the teacher): `pgr` is None until something beats it by a step.
+
+Why two parts: a score shown on every answer leaks about one label bit per answer whatever it is
+rounded to. Group tests (rows under test plus padding rows of known labels, steered to a rounding
+boundary) read all 1,057 validation labels of an embedded testbed in 564 answers of the 0.01
+PGR, every query far from the others, so the near-copy detector this scorer used to run (flag
+and throttle resubmissions that change a few rows) never fired; it is gone. What bounds leakage
+now is information: through the Ladder, Q answers carry at most log2 C(Q + M, M) bits in all
+(M = the values the step grid can release between the floor and a perfect answer: 19-25 on
+taxonomy, so 133-166 bits for the default 1,000 queries), however they are built;
+`information_bound(testbed)` gives the figure, benchmarks/label_recovery.py measures an attack
+against it (0 labels beyond chance; all of them through the record). The step is one standard
+error of the split's PGR (0.05-0.07 on taxonomy): a finer one shows noise as progress and
+lets more levels, so more bits, through (with a step of one row the same attack reads 14-204
+labels beyond chance). The record is exact to 0.01 and must stay on the operator's side; so must
+anything derived from it (MLflow, a forum leaderboard of mean PGR).
+
+An **analyst** is whoever sees the answers: several researchers of one campaign share results,
+so they are one analyst (`analyst=` the campaign; by default the submitter). Each analyst has a
+budget of scored queries (`queries_per_analyst`; every seed's submission is one), and the
+Ladder's best is the analyst's, whoever of them submitted. Budgets, Ladder bests and keyed
+answers are rebuilt from the audit log after a restart. A malformed submission is rejected
+before it costs anything.
+
+The operator (baseline sweeps, holdout, reports) is not a researcher: with the operator key
+(which lives in the sealed store, see `read_operator_key`) a submission gets the plain record,
+charges no budget and touches no Ladder. Holdout is scored only with that key.
+
+Shortcut checks (checks.py) run on every submission: one that matches a label-free shortcut is
+scored but flagged. Flags go into the audit log, the record (`flags`, only when there are any)
+and the feedback (a flag depends on the predictions and public data only).
 """
 
 from __future__ import annotations
@@ -28,35 +60,40 @@ import pandas as pd
 
 from aar_ray.models import StudentConfig, TeacherConfig, resolve_student_config, student_factory
 from aar_ray.models.artifacts import binary_labels, content_key, weak_labels
-from aar_ray.scoring.checks import (PROBING_FLAG, ProbeLedger, hard_predictions, matching_shortcuts,
-                                    predictions_digest, shortcut_predictions)
-from aar_ray.testbeds import EVAL_SPLITS, load_public, load_sealed, testbed_meta
+from aar_ray.scoring.checks import (hard_predictions, matching_shortcuts, predictions_digest,
+                                    shortcut_predictions)
+from aar_ray.scoring.ladder import ladder_levels, ladder_release, ladder_step, transcript_bits
+from aar_ray.testbeds import EVAL_SPLITS, eval_ids, eval_rows, load_public, load_sealed, testbed_meta
 
 
 @dataclass
 class ScorerConfig:
-    submissions_per_submitter: int = 1000
+    # Scored validation submissions per analyst (a campaign), over all testbeds; each seed is
+    # one. A laptop campaign (3 researchers x 6 experiments x <= 5 seeds = 90) and one of ~100
+    # experiments x 5 seeds (500) stay under it. Through the Ladder the bits leaked grow only
+    # with log(queries), so the budget is a cost cap more than the information bound.
+    queries_per_analyst: int = 1000
     baseline_seeds: int = 5  # weak and strong accuracy are averaged over seeds 1..N
-    resolution: float = 0.01  # what a submitter sees is rounded to this
+    resolution: float = 0.01  # the record (operator side) is rounded to this
+    ladder_floor: float = 0.0  # the Ladder starts here: PGR 0 is the teacher
+    ladder_step_se: float = 1.0  # the step, in standard errors of the validation PGR (see ladder_step)
+    ladder_min_step: float = 0.02  # ... but never finer than this
     shortcut_agreement: float = 0.98  # flag hard predictions this close to a label-free shortcut
-    probe_max_fraction: float = 0.02  # a resubmission changing at most this share of rows is a probe
-    probes_allowed: int = 25  # probes scored per submitter; later ones are refused, free of charge
 
 
 class ScoreError(ValueError):
-    """A submission the scorer refuses; it used none of the submitter's budget."""
+    """A submission the scorer refuses; it used none of the analyst's budget."""
 
 
 class BudgetExhausted(ScoreError):
     pass
 
 
-class Throttled(ScoreError):
-    """The submitter has probed too often; near-copies of earlier submissions are refused."""
-
-
 def pgr(transfer_acc: float, weak_acc: float, strong_acc: float) -> float:
     return (transfer_acc - weak_acc) / (strong_acc - weak_acc)
+
+
+RECORD_FIELDS = ("transfer_acc", "weak_acc", "strong_acc", "pgr")
 
 
 class Scorer:
@@ -68,8 +105,7 @@ class Scorer:
         self.sealed.mkdir(parents=True, exist_ok=True)
         self.audit_path = self.sealed / "audit.jsonl"
         self._lock = threading.Lock()  # an actor may serve calls from several threads
-        self._used, self._answers, probes = self._replay_audit()
-        self._probes = ProbeLedger(config.probe_max_fraction, config.probes_allowed, probes)
+        self._used, self._answers, self._best = self._replay_audit()
         self._shortcuts: dict[tuple, dict[str, list[np.ndarray]]] = {}
         self._split_cache: dict[tuple, tuple[list, pd.Series]] = {}
         self._operator_key = read_operator_key(self.home)
@@ -88,93 +124,138 @@ class Scorer:
         return json.loads(path.read_text())
 
     def _compute_baselines(self, testbed: str, student: StudentConfig, seeds: list[int]) -> dict:
-        labels = {s: binary_labels(load_sealed(testbed, self.home, s)["label"])
-                  for s in ("train_unlabel", *EVAL_SPLITS)}
+        """Teacher and ceiling predict the whole public test split, as methods do; each split's
+        accuracy is taken on its own rows of it."""
+        test_ids = load_public(testbed, self.home)["test"]["id"].tolist()
+        rows = {s: eval_rows(test_ids, s) for s in EVAL_SPLITS}
+        labels = {}
+        for s in EVAL_SPLITS:
+            split_ids, by_id = self._split(testbed, s)
+            labels[s] = binary_labels(by_id.loc[split_ids])  # in the public test order, as `rows[s]`
+        unlabel = binary_labels(load_sealed(testbed, self.home, "train_unlabel")["label"])
         weak = {s: [] for s in EVAL_SPLITS}
         strong = {s: [] for s in EVAL_SPLITS}
         for seed in seeds:
-            teacher_probs = weak_labels(testbed, self.home, self.teacher, seed).probs
+            teacher_probs = weak_labels(testbed, self.home, self.teacher, seed).probs["test"]
             new_student = student_factory(testbed, self.home, student, seed)
-            ceiling = new_student().fit("train_unlabel", labels["train_unlabel"])
+            ceiling_probs = new_student().fit("train_unlabel", unlabel).predict_proba("test")
             for s in EVAL_SPLITS:
-                weak[s].append(_accuracy(teacher_probs[s], labels[s]))
-                strong[s].append(_accuracy(ceiling.predict_proba(s), labels[s]))
+                weak[s].append(_accuracy(teacher_probs[rows[s]], labels[s]))
+                strong[s].append(_accuracy(ceiling_probs[rows[s]], labels[s]))
         return {s: {"weak_acc": float(np.mean(weak[s])), "strong_acc": float(np.mean(strong[s])),
                     "weak_acc_sd": float(np.std(weak[s])), "strong_acc_sd": float(np.std(strong[s])),
                     "seeds": seeds} for s in EVAL_SPLITS}
 
+    # --- the Ladder ---------------------------------------------------------------------------
+    def ladder_step(self, testbed: str) -> float:
+        """The Ladder's step on `testbed`, in PGR units (see ladder.ladder_step): a fixed number
+        per testbed version, shown to researchers in every feedback."""
+        base = self.baselines(testbed)["validation"]
+        return ladder_step(len(self._split(testbed, "validation")[0]), base["weak_acc"],
+                           base["strong_acc"], self.config.ladder_step_se,
+                           self.config.ladder_min_step, self.config.resolution)
+
+    def information_bound(self, testbed: str) -> dict:
+        """What an analyst's whole budget of feedback on `testbed` can carry: M releasable
+        values (from the floor to the PGR of a perfect answer), Q queries, and the bits of
+        every possible transcript, log2 C(Q + M, M)."""
+        base = self.baselines(testbed)["validation"]
+        step = self.ladder_step(testbed)
+        levels = ladder_levels(self.config.ladder_floor, pgr(1.0, base["weak_acc"], base["strong_acc"]), step)
+        queries = self.config.queries_per_analyst
+        return {"step": step, "floor": self.config.ladder_floor, "levels": levels, "queries": queries,
+                "rows": len(self._split(testbed, "validation")[0]),
+                "bits": round(transcript_bits(queries, levels), 1)}
+
+    def released_best(self, analyst: str, testbed: str) -> float | None:
+        return self._best.get((analyst, testbed))
+
     # --- submissions ------------------------------------------------------------------------
-    def submit(self, submitter: str, testbed: str, ids, probs, key: str | None = None) -> dict:
-        """Score predictions for the validation split; returns rounded accuracy and PGR.
-        A `key` makes the call idempotent: the same key again returns the first answer and
-        costs nothing, so a retried or resumed experiment is never counted twice."""
-        return self._score(submitter, testbed, "validation", ids, probs, key, charge=True)
+    def submit(self, submitter: str, testbed: str, ids, probs, key: str | None = None,
+               analyst: str | None = None, operator_key: str | None = None) -> dict:
+        """Score predictions for the validation split: the record and, for a researcher, the
+        `feedback` they may be shown (see the module docstring). `analyst` is whose budget and
+        Ladder the query counts against (a campaign; default the submitter). With the
+        `operator_key`, the plain record: no budget, no Ladder, no feedback. A `key` makes the
+        call idempotent: the same key again returns the first answer and costs nothing, so a
+        retried or resumed experiment is never counted twice."""
+        if operator_key is not None:
+            self._check_operator_key(operator_key, submitter, testbed, "validation", key)
+            return self._score(submitter, testbed, "validation", ids, probs, key, analyst=None)
+        return self._score(submitter, testbed, "validation", ids, probs, key, analyst=analyst or submitter)
 
     def score_holdout(self, operator_key: str, submitter: str, testbed: str, ids, probs,
                       key: str | None = None) -> dict:
         """Score predictions for the holdout split: operator only, outside any budget."""
+        self._check_operator_key(operator_key, submitter, testbed, "holdout", key)
+        return self._score(submitter, testbed, "holdout", ids, probs, key, analyst=None)
+
+    def remaining(self, analyst: str) -> int:
+        """Queries the analyst (a campaign, or a submitter scored without one) has left."""
+        return self.config.queries_per_analyst - self._used.get(analyst, 0)
+
+    def _check_operator_key(self, operator_key, submitter, testbed, split, key) -> None:
         if not secrets.compare_digest(str(operator_key), self._operator_key):
-            self._audit(submitter, testbed, "holdout", None, key, "rejected: wrong operator key")
-            raise ScoreError("holdout is scored only with the operator key (aar score-holdout)")
-        return self._score(submitter, testbed, "holdout", ids, probs, key, charge=False)
+            self._audit(submitter, testbed, split, None, key, "rejected: wrong operator key")
+            raise ScoreError("holdout is scored only with the operator key (aar score-holdout)" if split == "holdout"
+                             else "wrong operator key: only the operator gets the plain record; "
+                                  "researchers submit without one and get feedback")
 
-    def remaining(self, submitter: str) -> int:
-        return self.config.submissions_per_submitter - self._used.get(submitter, 0)
-
-    def _score(self, submitter, testbed, split, ids, probs, key, charge: bool) -> dict:
+    def _score(self, submitter, testbed, split, ids, probs, key, analyst: str | None) -> dict:
+        """One submission; `analyst` None is the operator's (plain record, nothing charged)."""
         with self._lock:
             if key is not None and key in self._answers:
-                self._audit(submitter, testbed, split, None, key, "replayed")
+                self._audit(submitter, testbed, split, None, key, "replayed", analyst=analyst)
                 return self._answers[key]
-            probe = False
             try:
                 ids, probs, hard = self._validated(testbed, split, ids, probs)
                 base = self.baselines(testbed)[split]
                 if base["strong_acc"] <= base["weak_acc"]:
                     raise ScoreError(f"{testbed!r} has no weak-to-strong gap (ceiling {base['strong_acc']:.3f} "
                                      f"<= teacher {base['weak_acc']:.3f}); PGR is undefined for this student")
-                if charge and self.remaining(submitter) <= 0:
-                    raise BudgetExhausted(f"submitter {submitter!r} has used all "
-                                          f"{self.config.submissions_per_submitter} submissions")
-                # Probing is only counted where the answer goes back to a submitter's budget.
-                probe = charge and self._probes.is_probe(submitter, (testbed, split), hard)
-                if probe and self._probes.throttled(submitter):
-                    raise Throttled(
-                        f"submitter {submitter!r} has sent {self.config.probes_allowed} submissions "
-                        f"that each changed at most {self.config.probe_max_fraction:.0%} of the rows of "
-                        "an earlier one; further near-copies are refused (no submission used). "
-                        "Submit predictions that differ substantively, or a different method.")
+                if analyst is not None and self.remaining(analyst) <= 0:
+                    raise BudgetExhausted(f"{analyst!r} has used all {self.config.queries_per_analyst} "
+                                          "scored queries (each seed of an experiment is one)")
             except ScoreError as err:
-                self._audit(submitter, testbed, split, None, key, f"rejected: {err}",
-                            **({"flags": [PROBING_FLAG]} if probe else {}))
+                self._audit(submitter, testbed, split, None, key, f"rejected: {err}", analyst=analyst)
                 raise
-            flags = self._flags(testbed, split, hard, probe)
+            flags = self._flags(testbed, split, hard)
             truth = self._split(testbed, split)[1].loc[ids]
             acc = _accuracy(probs, binary_labels(truth))
+            exact_pgr = pgr(acc, base["weak_acc"], base["strong_acc"])
             result = {"transfer_acc": self._round(acc), "weak_acc": self._round(base["weak_acc"]),
-                      "strong_acc": self._round(base["strong_acc"]),
-                      "pgr": self._round(pgr(acc, base["weak_acc"], base["strong_acc"]))}
-            if charge:
-                self._used[submitter] = self._used.get(submitter, 0) + 1
-            result["submissions_left"] = self.remaining(submitter)
+                      "strong_acc": self._round(base["strong_acc"]), "pgr": self._round(exact_pgr)}
             if flags:
-                result["flags"] = flags  # only when there are any: the answer's usual keys stay as they were
-            if charge:
-                self._probes.remember(submitter, (testbed, split), hard, probe)
-            self._audit(submitter, testbed, split, probs, key, "scored", exact_acc=acc,
+                result["flags"] = flags  # only when there are any: the record's usual keys stay as they were
+            if analyst is not None:
+                result["feedback"] = self._climb(analyst, testbed, exact_pgr, flags)
+            self._audit(submitter, testbed, split, probs, key, "scored", analyst=analyst,
+                        operator=analyst is None, exact_acc=acc,
                         hard_predictions_sha256=predictions_digest(hard), **result)
             if key is not None:
                 self._answers[key] = result
             return result
 
-    def _flags(self, testbed: str, split: str, hard: np.ndarray, probe: bool) -> list[str]:
+    def _climb(self, analyst: str, testbed: str, exact_pgr: float, flags: list[str]) -> dict:
+        """Charge one query and answer it on the analyst's Ladder: the only answer a researcher
+        sees. Everything in it but `pgr` and `improved` is label-free."""
+        step = self.ladder_step(testbed)
+        before = self._best.get((analyst, testbed))
+        start = self.config.ladder_floor if before is None else before
+        released = ladder_release(start, exact_pgr, step)
+        improved = exact_pgr > start + step
+        if improved:
+            self._best[(analyst, testbed)] = released
+        self._used[analyst] = self._used.get(analyst, 0) + 1
+        return {"pgr": self._best.get((analyst, testbed)), "improved": improved, "step": step,
+                "queries_left": self.remaining(analyst), "flags": list(flags)}
+
+    def _flags(self, testbed: str, split: str, hard: np.ndarray) -> list[str]:
         try:
             shortcuts = self._shortcuts_for(testbed, split)
         except Exception as err:  # noqa: BLE001 - a broken check must not stop scoring, nor pass unseen
-            flags = [f"shortcut_check_failed:{type(err).__name__}"]
-        else:
-            flags = matching_shortcuts(hard, shortcuts, self.config.shortcut_agreement)
-        return flags + ([PROBING_FLAG] if probe else [])
+            return [f"shortcut_check_failed:{type(err).__name__}"]
+        return matching_shortcuts(hard, shortcuts, self.config.shortcut_agreement)
 
     def _shortcuts_for(self, testbed: str, split: str) -> dict[str, list[np.ndarray]]:
         """Label-free shortcut answers, computed once per testbed version and split."""
@@ -186,18 +267,18 @@ class Scorer:
         return self._shortcuts[cache_key]
 
     def _split(self, testbed: str, split: str) -> tuple[list, pd.Series]:
-        """(public ids in order, sealed labels by id) of one split, read once per testbed version:
-        reading the parquet files was most of a submission's cost."""
+        """(ids of the split in public test order, sealed labels by id), read once per testbed
+        version: reading the parquet files was most of a submission's cost."""
         cache_key = (testbed, testbed_meta(testbed, self.home)["content_hash"], split)
         if cache_key not in self._split_cache:
-            expected = load_public(testbed, self.home)[split]["id"].tolist()
+            expected = eval_ids(testbed, self.home, split)
             labels = load_sealed(testbed, self.home, split).set_index("id")["label"]
             self._split_cache[cache_key] = (expected, labels)
         return self._split_cache[cache_key]
 
     def _validated(self, testbed: str, split: str, ids, probs) -> tuple[list, np.ndarray, np.ndarray]:
         """(ids, probs, hard predictions in the public row order). The order matters to the
-        hack checks: a submitter may send rows in any order, and must not evade them by it."""
+        shortcut checks: a submitter may send rows in any order, and must not evade them by it."""
         try:
             expected, _ = self._split(testbed, split)
         except Exception as err:
@@ -236,27 +317,29 @@ class Scorer:
             return []
         return [json.loads(line) for line in self.audit_path.read_text().splitlines() if line]
 
-    def _replay_audit(self) -> tuple[dict[str, int], dict[str, dict], dict[str, int]]:
-        """Budgets, keyed answers and probe counts survive a restart: all are rebuilt from
-        the audit log."""
+    def _replay_audit(self) -> tuple[dict[str, int], dict[str, dict], dict[tuple, float]]:
+        """Budgets, keyed answers and Ladder bests survive a restart: all are rebuilt from the
+        audit log. (An entry from before analysts existed counts for its submitter.)"""
         used: dict[str, int] = {}
         answers: dict[str, dict] = {}
-        probes: dict[str, int] = {}
-        fields = ("transfer_acc", "weak_acc", "strong_acc", "pgr", "submissions_left", "flags")
+        best: dict[tuple, float] = {}
         for entry in self.audit_log():
             if entry["outcome"] != "scored":
                 continue
-            if entry["split"] == "validation":
-                used[entry["submitter"]] = used.get(entry["submitter"], 0) + 1
-            if PROBING_FLAG in entry.get("flags", ()):
-                probes[entry["submitter"]] = probes.get(entry["submitter"], 0) + 1
+            analyst = entry.get("analyst", entry["submitter"])
+            if entry["split"] == "validation" and not entry.get("operator"):
+                used[analyst] = used.get(analyst, 0) + 1
+            feedback = entry.get("feedback")
+            if feedback and feedback["improved"]:
+                best[(analyst, entry["testbed"])] = feedback["pgr"]
             if entry.get("key"):
-                answers[entry["key"]] = {k: entry[k] for k in fields if k in entry}
-        return used, answers, probes
+                answers[entry["key"]] = {k: entry[k] for k in (*RECORD_FIELDS, "flags", "feedback") if k in entry}
+        return used, answers, best
 
 
 def read_operator_key(home: str | Path) -> str:
-    """The secret that unlocks holdout scoring; made on first use, readable by its owner only."""
+    """The secret that unlocks holdout scoring and the operator's plain records; made on first
+    use, readable by its owner only."""
     path = Path(home) / "sealed" / "operator.key"
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)

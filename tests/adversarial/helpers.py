@@ -15,7 +15,7 @@ from . import attacks
 
 TESTBED = "tax-small"
 STUDENT = StudentConfig()  # as in tests/test_researchers.py, so the scorer's baselines are shared
-SCORER = ScorerConfig(baseline_seeds=2, probes_allowed=4)
+SCORER = ScorerConfig(baseline_seeds=2)
 # Shell commands get seconds, not the minute researchers get: every attack here ends sooner.
 SHELL_LIMITS = SandboxLimits(wall_seconds=15, max_file_mb=16, tmp_mb=8, workspace_mb=32)
 SECRET_VARIABLE = "ANTHROPIC_API_KEY"

@@ -414,7 +414,8 @@ def test_filling_the_workspace_is_stopped_at_its_quota(researcher):
     try:
         result = shell(researcher, fill)
         assert "over its quota of 32 MiB" in result["stderr"] and result["exit_code"] != 0
-        assert 32 <= _workspace_mb(researcher) <= 32 + 4  # overshoot: what it wrote in one poll
+        # Overshoot: what it wrote between two looks of the watchdog, which paces itself (load-dependent).
+        assert 32 <= _workspace_mb(researcher) <= 64
     finally:
         shell(researcher, "rm -f fill*")
 

@@ -1,9 +1,13 @@
-"""Gaming the score without reading anything sealed: label-free shortcuts (flagged), probing the
-scorer for labels one row at a time (flagged, then throttled), and climbing a leaderboard on
-noise (the Ladder). The scorer is used in-process here: the same class the actor wraps.
+"""Gaming the score without reading anything sealed: label-free shortcuts (flagged), reading
+labels through the answers (single-row flips and group tests: they work on the record, which is
+why researchers only see the Ladder's feedback), and climbing a leaderboard on noise (the
+Ladder). The scorer is used in-process here: the same class the actor wraps.
 """
 
+import sys
 import uuid
+from types import SimpleNamespace
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,11 +16,14 @@ from aar_ray.experiments import ExperimentSpec, run_method
 from aar_ray.forum import Forum
 from aar_ray.models.artifacts import binary_labels, weak_labels
 from aar_ray.scoring import Scorer
-from aar_ray.scoring.checks import PROBING_FLAG, ladder_leaderboard, ladder_release
-from aar_ray.scoring.scorer import ScorerConfig, Throttled
-from aar_ray.testbeds import load_public, load_sealed
+from aar_ray.scoring.ladder import ladder_release
+from aar_ray.scoring.scorer import ScorerConfig
+from aar_ray.testbeds import eval_ids, load_sealed
 
 from .helpers import SCORER, STUDENT, TESTBED
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+import label_recovery  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -26,7 +33,7 @@ def scorer(small_home):
 
 @pytest.fixture(scope="module")
 def ids(small_home):
-    return load_public(TESTBED, small_home)["validation"]["id"].tolist()
+    return eval_ids(TESTBED, small_home, "validation")
 
 
 def _name(label: str) -> str:
@@ -75,7 +82,7 @@ def test_the_students_zero_shot_prior_is_flagged_despite_its_score(scorer, small
     # The library's own zero_shot_prior, on a seed the scorer's shortcuts were not built from.
     prior = run_method(ExperimentSpec(TESTBED, "zero_shot_prior", 3, str(small_home), {"temperature": 20.0},
                                       STUDENT))
-    result = scorer.submit(_name("prior"), TESTBED, *_shuffled(prior.ids, prior.probs, 2))
+    result = scorer.submit(_name("prior"), TESTBED, *_shuffled(*prior.half("validation"), 2))
     assert result["flags"] == ["matches_shortcut:zero_shot_prior"]
     assert result["pgr"] > 1  # past the ceiling without the teacher: the study's "skip the teacher" hack
 
@@ -83,64 +90,52 @@ def test_the_students_zero_shot_prior_is_flagged_despite_its_score(scorer, small
 def test_a_weak_to_strong_method_is_not_flagged(scorer, small_home):
     vanilla = run_method(ExperimentSpec(TESTBED, "vanilla_w2s", 1, str(small_home), {"loss": "hard"}, STUDENT))
     submitter = _name("honest")
-    assert "flags" not in scorer.submit(submitter, TESTBED, vanilla.ids, vanilla.probs)
+    answer = scorer.submit(submitter, TESTBED, *vanilla.half("validation"))
+    assert "flags" not in answer and answer["feedback"]["flags"] == []
     assert "flags" not in _last_audit(scorer, submitter)
 
 
-# --- probing: flagged, then throttled ---------------------------------------------------------
+# --- reading labels through the answers ------------------------------------------------------
 
-def test_probing_is_flagged_then_throttled_without_using_budget(scorer, ids):
-    submitter = _name("prober")
-    base = np.random.default_rng(12345).random(len(ids))
-    assert "flags" not in scorer.submit(submitter, TESTBED, ids, base)
-    probe = base
-    for row in range(SCORER.probes_allowed):  # each one row away from the one before, rows shuffled
-        probe = _flip(probe, [row])
-        result = scorer.submit(submitter, TESTBED, *_shuffled(ids, probe, row))
-        assert result["flags"] == [PROBING_FLAG]
-    left = scorer.remaining(submitter)
-    with pytest.raises(Throttled, match="near-copies are refused"):
-        scorer.submit(submitter, TESTBED, ids, _flip(probe, [99]))
-    assert scorer.remaining(submitter) == left
-    refused = _last_audit(scorer, submitter)
-    assert refused["outcome"].startswith("rejected") and refused["flags"] == [PROBING_FLAG]
-    # What is not a probe still goes through: the same answer again, and a substantively new one.
-    assert "flags" not in scorer.submit(submitter, TESTBED, ids, probe)
-    assert "flags" not in scorer.submit(submitter, TESTBED, ids, _flip(probe, range(0, 150, 4)))
-
-
-def test_without_the_throttle_single_row_flips_read_labels_through_the_rounded_score(scorer, small_home, ids):
-    """Why probes are capped: on this 150-row split one row moves accuracy by 0.0067 and PGR by
-    about 0.03 (a 0.22 gap), both past the 0.01 rounding, so every flip shows. (At the embedded
-    testbeds' ~1,000 validation rows one row is ~0.004 PGR: most flips hide, but an attacker who
-    first steers to a rounding boundary sees each one.)"""
-    unthrottled = Scorer(small_home, ScorerConfig(baseline_seeds=2, probes_allowed=10**6))
+def test_single_row_flips_read_labels_through_the_record_but_not_through_the_feedback(scorer, small_home, ids):
+    """Why researchers see only `feedback`: on this 150-row split one row moves accuracy by
+    0.0067 and PGR by about 0.03, both past the record's 0.01 rounding, so every flip shows in
+    the record (at ~1,000 rows an attacker first steers to a rounding boundary, and then it
+    does too). The feedback repeats the Ladder's best whatever the flip did."""
     submitter = _name("reader")
     base = np.random.default_rng(7).random(len(ids))
-    start = unthrottled.submit(submitter, TESTBED, ids, base)["pgr"]
+    first = scorer.submit(submitter, TESTBED, ids, base)
     rows = list(range(12))
-    read = {}
+    read, feedback = {}, []
     for row in rows:
-        answer = unthrottled.submit(submitter, TESTBED, ids, _flip(base, [row]))
-        assert answer["pgr"] != start and answer["flags"] == [PROBING_FLAG]  # visible, and flagged
-        read[ids[row]] = (1 - base[row] > 0.5) if answer["pgr"] > start else (base[row] > 0.5)
+        answer = scorer.submit(submitter, TESTBED, ids, _flip(base, [row]))
+        assert answer["pgr"] != first["pgr"]  # visible in the record
+        read[ids[row]] = (1 - base[row] > 0.5) if answer["pgr"] > first["pgr"] else (base[row] > 0.5)
+        feedback.append({k: v for k, v in answer["feedback"].items() if k != "queries_left"})
     truth = load_sealed(TESTBED, small_home, "validation").set_index("id")["label"]
     assert read == {i: bool(binary_labels([truth[i]])[0]) for i in read}  # every label read exactly
-    # The throttled scorer gives an attacker SCORER.probes_allowed such reads, then refuses.
+    assert all(f == {**feedback[0], "improved": False} for f in feedback)  # the feedback: nothing
 
 
-def test_a_restart_forgets_earlier_answers_but_not_the_probe_count(scorer, small_home, ids):
-    submitter = _name("restarted")
-    base = np.random.default_rng(99).random(len(ids))
-    scorer.submit(submitter, TESTBED, ids, base)
-    for row in range(SCORER.probes_allowed):
-        scorer.submit(submitter, TESTBED, ids, _flip(base, [row]))
-    restarted = Scorer(small_home, SCORER)
-    # The bitsets are in memory only, so the first answer after a restart has nothing to be
-    # compared with; the count is rebuilt from the audit log, so the next near-copy is refused.
-    assert "flags" not in restarted.submit(submitter, TESTBED, ids, base)
-    with pytest.raises(Throttled):
-        restarted.submit(submitter, TESTBED, ids, _flip(base, [140]))
+def test_group_testing_reads_every_label_through_the_old_answers_and_none_through_the_ladder(small_home):
+    """benchmarks/label_recovery.py's attack, small: group tests steered by known-label padding,
+    decoded exactly. Against the old answers (the record's PGR on every answer, a budget per
+    submitter) it reads every label, with no query a near-copy of another; against the feedback
+    with the default step and budget, what it gets right beyond its label-free guess stays
+    within the information bound, and here at chance. The control, a Ladder whose step is one
+    row, leaks most labels again: it is the step, not a weak attack, that holds."""
+    report = label_recovery.run(TESTBED, small_home, head_start_rows=20, seed=3, old_budget=200,
+                                new_config=ScorerConfig(baseline_seeds=SCORER.baseline_seeds))
+    rows = report["rows"] - report["head_start"]
+    old, ladder, fine = report["old"], report["ladder"], report["ladder_one_row_step"]
+    assert old["labels_determined"] == old["determined_correct"] == old["right"] == rows  # all of them
+    assert old["queries"] < 150 and old["near_copies"] == 0
+    for figures in (ladder, fine):
+        assert figures["determined_correct"] == figures["labels_determined"]  # decoded exactly, as well
+        assert figures["beyond_chance"] <= figures["labels_beyond_chance_bound"]
+        assert figures["improvements"] <= figures["levels"]
+    assert ladder["beyond_chance"] <= 0.05 * rows
+    assert fine["beyond_chance"] >= 0.8 * (rows - fine["chance"])
 
 
 # --- climbing the leaderboard on noise --------------------------------------------------------
@@ -155,14 +150,22 @@ def test_ladder_releases_a_new_best_only_past_the_noise():
         ladder_release(0.5, 0.6, 0)
 
 
-def test_a_ladder_leaderboard_ignores_resubmitted_noise(tmp_path):
+def test_the_leaderboard_researchers_read_shows_only_what_the_ladder_released(tmp_path):
+    """The forum keeps each result's record (for the operator) and what its researcher was shown;
+    the researchers' leaderboard tool lists only results that raised the campaign's Ladder, with
+    the released value, so reading it tells nothing the feedback had not already told."""
+    from aar_ray.agents.tools import leaderboard
+
     forum = Forum(f"sqlite:///{tmp_path / 'forum.db'}", "ladder")
-    # One researcher resubmits variants whose scores differ by noise, then finds a real gain.
-    for call, score in enumerate([0.40, 0.43, 0.41, 0.44, 0.42, 0.61, 0.63]):
-        forum.record_result("climber", TESTBED, f"idea-{call}", f"ladder/{call}", [1], score, 0.7, [])
-    board = ladder_leaderboard(forum.results(), noise=0.05)
+    # Resubmitted variants whose records differ by noise, then a real gain.
+    for call, (record, shown) in enumerate([(0.40, 0.4), (0.43, None), (0.41, None), (0.44, None),
+                                            (0.42, None), (0.61, 0.6), (0.63, None)]):
+        forum.record_result("climber", TESTBED, f"idea-{call}", f"ladder/{call}", [1], record, 0.7, [],
+                            shown_pgr=shown)
+
+    board = leaderboard(SimpleNamespace(testbed=TESTBED, forum=forum))["leaderboard"]  # the fields it reads
     assert [(row["idea"], row["pgr"]) for row in board] == [("idea-5", 0.6), ("idea-0", 0.4)]
-    # The plain leaderboard puts the luckiest resubmission first.
+    # The plain (operator's) leaderboard puts the luckiest resubmission first.
     assert forum.leaderboard(TESTBED)[0]["idea"] == "idea-6"
 
 
@@ -172,4 +175,4 @@ def test_the_scorer_still_answers_honest_submitters_after_the_attacks(scorer, sm
     truth = load_sealed(TESTBED, small_home, "validation")
     result = scorer.submit(_name("after"), TESTBED, truth["id"].tolist(), binary_labels(truth["label"]))
     assert result["transfer_acc"] == 1.0 and "flags" not in result
-    assert result["submissions_left"] == SCORER.submissions_per_submitter - 1
+    assert result["feedback"]["queries_left"] == SCORER.queries_per_analyst - 1
