@@ -39,6 +39,9 @@ results = Table(
     Column("seeds", String(256)), Column("pgr", Float), Column("transfer_acc", Float),
     Column("run_ids", Text), Column("flags", Text, default=""),
     Column("disqualified", Text, nullable=True), Column("gpu_seconds", Float, default=0.0),
+    # What researchers were shown: the scorer's Ladder value when this result raised the
+    # campaign's best, else NULL. `pgr` is the record (operator side), never shown to them.
+    Column("shown_pgr", Float, nullable=True),
 )
 
 
@@ -93,11 +96,11 @@ class Forum:
     # --- results and leaderboard ------------------------------------------------------------
     def record_result(self, researcher: str, testbed: str, idea: str, call_key: str, seeds: list[int],
                       pgr: float, transfer_acc: float, run_ids: list[str], code_ref: int | None = None,
-                      flags: str = "", gpu_seconds: float = 0.0) -> int:
+                      flags: str = "", gpu_seconds: float = 0.0, shown_pgr: float | None = None) -> int:
         return self._insert(results, researcher=researcher, testbed=testbed, idea=idea,
                             call_key=call_key, seeds=",".join(map(str, seeds)), pgr=pgr,
                             transfer_acc=transfer_acc, run_ids=json.dumps(run_ids),
-                            code_ref=code_ref, flags=flags, gpu_seconds=gpu_seconds)
+                            code_ref=code_ref, flags=flags, gpu_seconds=gpu_seconds, shown_pgr=shown_pgr)
 
     def result_for(self, call_key: str) -> dict | None:
         """The recorded result of one experiment call: how a restarted researcher avoids
