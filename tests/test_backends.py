@@ -4,6 +4,7 @@ import json
 import logging
 import pickle
 import threading
+import time
 
 import pytest
 from stub_llm_server import (
@@ -20,6 +21,7 @@ from aar_ray.agents.backends import (
     Backend,
     BackendRequestError,
     BudgetedBackend,
+    ContextLengthExceeded,
     MissingAPIKeyError,
     OpenAICompatibleBackend,
     Prices,
@@ -38,6 +40,8 @@ from aar_ray.agents.backends import (
     user_message,
 )
 from aar_ray.agents.budget import Budget, BudgetExceeded, CampaignBudget, Spend
+from aar_ray.agents.backends import httpx  # the anthropic SDK's HTTP client (httpx2), or httpx
+from aar_ray.agents.preflight import PreflightError, preflight
 
 SECRET = "sk-ant-test-SECRET123"
 PRICES = Prices(input=3.0, output=15.0, cache_write=3.75, cache_read=0.30)
@@ -501,3 +505,197 @@ def test_concurrent_reservations_never_pass_a_cap():
     for thread in threads:
         thread.join()
     assert len(granted) == 33 and budget.spent.dollars == pytest.approx(0.99)
+
+
+# ---- what real servers do (the stub's server behaviours) -----------------------------------------
+OPTIONAL = ToolSpec("read_forum", "Newest posts.", {
+    "type": "object", "properties": {"query": {"type": "string"},
+                                     "limit": {"type": "integer", "minimum": 1, "maximum": 50}},
+    "required": [], "additionalProperties": False})
+
+
+def test_strict_schemas_tool_choice_and_sampling_are_sent(stub, sleep, api_key):
+    stub.push(openai_completion(None, [openai_tool_call("c1", "read_forum", {"query": "soft", "limit": None})]))
+    backend = open_model(stub, sleep, strict_tools=True, temperature=0.6, top_p=0.95)
+    turn = backend.step(SYSTEM, [user_message("go")], [OPTIONAL], 64)
+    body = stub.requests[-1].body
+    assert body["tool_choice"] == "auto" and (body["temperature"], body["top_p"]) == (0.6, 0.95)
+    function = body["tools"][0]["function"]
+    assert function["strict"] is True and function["parameters"]["required"] == ["query", "limit"]
+    assert function["parameters"]["properties"]["limit"]["type"] == ["integer", "null"]
+    assert turn.tool_calls[0].input == {"query": "soft"}  # the null for the unused optional is dropped
+    stub.push(anthropic_message([text_block("ok")]))
+    claude(stub, sleep, strict_tools=True).step(SYSTEM, [user_message("go")], [OPTIONAL], 64)
+    body = stub.requests[-1].body
+    tool = body["tools"][0]
+    assert tool["strict"] is True and "temperature" not in body
+    assert "minimum" not in json.dumps(tool["input_schema"]) and "limit: minimum 1" in tool["description"]
+    assert tool["input_schema"]["additionalProperties"] is False
+    # the Messages API (version 2026-10-21, anthropic SDK 2.x) refuses sampling settings outright
+    with pytest.raises(ValueError, match="temperature"):
+        claude(stub, sleep, temperature=0.2)
+
+
+def test_finish_reason_stop_with_tool_calls_and_null_usage_details(stub, sleep):
+    stub.push(openai_completion(None, [openai_tool_call("c1", "read_file", {"path": "a"})], finish_reason="stop",
+                                null_details=True))
+    stub.push(openai_completion("fine", usage=False))
+    backend = open_model(stub, sleep)
+    turn = backend.step(SYSTEM, [user_message("go")], [READ_FILE], 64)
+    assert turn.stop_reason == "tool_use" and turn.tool_calls[0].input == {"path": "a"}
+    assert turn.usage == Usage(input_tokens=10, output_tokens=5)
+    assert backend.step(SYSTEM, [user_message("go")], [READ_FILE], 64).usage == Usage()
+
+
+@pytest.mark.parametrize("text", [
+    '<tool_call>\n{"name": "read_file", "arguments": {"path": "a.txt"\n</tool_call>',  # malformed (Hermes/Qwen)
+    'Let me read it. <tool_call>{"name": "read_file", "arguments": {"path": "a.txt"}}',  # cut off
+    '<function=read_file><parameter=path>a.txt</parameter></function>',
+    '[TOOL_CALLS] [{"name": "read_file", "arguments": {"path": "a.txt"}}]',
+    '{"name": "read_file", "arguments": {"path": "a.txt"}}',
+])
+def test_tool_calls_that_arrive_as_text_are_answered_with_an_error(stub, sleep, text):
+    stub.push(openai_completion(text))
+    turn = open_model(stub, sleep).step(SYSTEM, [user_message("go")], [READ_FILE], 64)
+    (call,) = turn.tool_calls
+    assert call.name == "read_file" and call.input == {} and "arrived as plain text" in call.error
+    assert "<tool_call>" not in turn.text and "[TOOL_CALLS]" not in turn.text
+    assert turn.error_results()[0]["is_error"] and turn.stop_reason == "tool_use"
+
+
+def test_a_server_without_a_tool_parser_refuses_auto_and_sends_calls_as_text(sleep):
+    with StubLLMServer(tool_parser=False) as stub:
+        stub.push(openai_completion(None, [openai_tool_call("c1", "read_file", {"path": "a"})]))
+        with pytest.raises(BackendRequestError, match="--enable-auto-tool-choice"):
+            open_model(stub, sleep).step(SYSTEM, [user_message("go")], [READ_FILE], 64)
+        request = openai_request("qwen-open", SYSTEM, [user_message("go")], [READ_FILE], 64)  # no tool_choice
+        reply = httpx.post(stub.url + "/v1/chat/completions", json=request).json()
+    assert "tool_calls" not in reply["choices"][0]["message"]
+    turn = turn_from_openai(reply, PRICES, [READ_FILE])
+    assert "<tool_call>" in reply["choices"][0]["message"]["content"] and "arrived as plain text" in turn.tool_calls[0].error
+
+
+def test_tools_dropped_by_the_template_come_back_as_plain_text(sleep):
+    with StubLLMServer(tools_in_template=False) as stub:
+        stub.push(openai_completion(None, [openai_tool_call("c1", "read_file", {"path": "a"})]))
+        turn = open_model(stub, sleep).step(SYSTEM, [user_message("go")], [READ_FILE], 64)
+    assert turn.tool_calls == [] and turn.text and turn.stop_reason == "end"
+
+
+def test_reasoning_is_kept_apart_from_the_text(stub, sleep):
+    stub.push(openai_completion("Answer.", reasoning="First I think."))
+    stub.push(openai_completion("", reasoning='<tool_call>{"name": "read_file", "arguments": {"path": "x"}}',
+                                reasoning_key="reasoning_content"))
+    backend = open_model(stub, sleep)
+    turn = backend.step(SYSTEM, [user_message("go")], [READ_FILE], 64)
+    assert (turn.text, turn.reasoning) == ("Answer.", "First I think.") and "reasoning" not in turn.to_message()
+    turn = backend.step(SYSTEM, [user_message("go")], [READ_FILE], 64)  # the call went to the reasoning parser
+    assert turn.tool_calls[0].name == "read_file" and turn.tool_calls[0].error
+
+
+def test_a_server_that_shortens_max_tokens_returns_a_cut_call(sleep):
+    with StubLLMServer(context_window=2_000, shorten_max_tokens=True) as stub:
+        stub.push(openai_completion(None, [openai_tool_call("c1", "write_file", {"path": "a.py", "content": "x" * 400})],
+                                    completion_tokens=900))
+        turn = open_model(stub, sleep).step(SYSTEM, [user_message("go " * 2_000)], [READ_FILE], 1_500)
+        assert stub.requests[0].prompt_tokens + 900 > 2_000  # the server made room for less than 900
+    assert turn.stop_reason == "max_tokens" and "max_tokens" in turn.tool_calls[0].error
+
+
+@pytest.mark.parametrize("kind", ["openai", "anthropic"])
+def test_a_prompt_over_the_window_is_a_context_length_error(sleep, api_key, kind):
+    with StubLLMServer(context_window=1_000) as stub:
+        backend = open_model(stub, sleep) if kind == "openai" else claude(stub, sleep)
+        with pytest.raises(ContextLengthExceeded) as caught:
+            backend.step(SYSTEM, [user_message("x" * 8_000)], [], 64)
+        assert len(stub.requests) == 1  # not retried
+    assert caught.value.window == 1_000 and caught.value.prompt_tokens > 1_000 and caught.value.status == 400
+    assert isinstance(caught.value, BackendRequestError)
+    assert pickle.loads(pickle.dumps(caught.value)).window == 1_000
+
+
+def test_a_wrong_model_or_path_says_what_to_fix(sleep):
+    with StubLLMServer(model="Qwen/Qwen3-32B") as stub:
+        with pytest.raises(BackendRequestError, match=r"does not exist.*set backend.model") as wrong_model:
+            open_model(stub, sleep).step(SYSTEM, [user_message("go")], [], 16)
+        with pytest.raises(BackendRequestError, match=r"404 Not Found.*ends with the API prefix"):
+            OpenAICompatibleBackend("Qwen/Qwen3-32B", stub.url, retry_policy=RetryPolicy(sleep=sleep)).step(
+                SYSTEM, [user_message("go")], [], 16)
+    assert wrong_model.value.status == 404
+
+
+def test_a_server_still_starting_refuses_connections_then_answers(sleep):
+    with StubLLMServer(start_delay_s=0.8) as stub:
+        stub.push(openai_completion("up"))
+        with pytest.raises(httpx.ConnectError):
+            httpx.get(stub.url + "/v1/models")
+        backend = OpenAICompatibleBackend("qwen-open", stub.url + "/v1",
+                                          retry_policy=RetryPolicy(max_retries=8, base_delay_s=0.1))
+        assert backend.step(SYSTEM, [user_message("go")], [], 16).text == "up"
+
+
+def test_the_context_window_comes_from_the_server_or_the_config(sleep, api_key):
+    with StubLLMServer(model="qwen-open", context_window=4_096) as stub:
+        assert open_model(stub, sleep).context_window() == 4_096
+        assert open_model(stub, sleep, context_window=2_048).context_window() == 2_048
+    with StubLLMServer() as stub:  # no /v1/models
+        assert open_model(stub, sleep, max_retries=0).context_window() == 32_768
+        assert claude(stub, sleep).context_window() == 200_000
+
+
+# ---- pre-flight ---------------------------------------------------------------------------------
+def echo_call(request):
+    return openai_completion(None, [openai_tool_call("p1", "preflight_echo", {"word": "ready"})])
+
+
+def vllm(stub, **overrides):
+    from aar_ray.agents.researcher import BackendConfig
+
+    return BackendConfig(**{"kind": "openai", "model": "qwen-open", "base_url": stub.url + "/v1", **overrides})
+
+
+def test_preflight_passes_a_working_server_and_reads_its_window():
+    with StubLLMServer(model="qwen-open", context_window=4_096, responder=echo_call) as stub:
+        report = preflight(vllm(stub))
+        choices = [r.body["tool_choice"] for r in stub.requests if r.method == "POST"]
+    assert report["ok"] and report["context_window"] == 4_096 and report["served_models"] == ["qwen-open"]
+    assert choices == [{"type": "function", "function": {"name": "preflight_echo"}}, "auto"]
+    assert report["auto_tool_call"] == {"name": "preflight_echo", "input": {"word": "ready"}}
+
+
+def test_preflight_waits_for_a_server_that_is_starting_and_gives_up_in_time():
+    with StubLLMServer(model="qwen-open", responder=echo_call, start_delay_s=1.0) as stub:
+        started = time.monotonic()
+        assert preflight(vllm(stub, startup_timeout_s=30), poll_s=0.1)["ok"]
+        assert 0.9 < time.monotonic() - started < 10
+    with StubLLMServer(model="qwen-open", responder=echo_call, start_delay_s=30) as stub:
+        with pytest.raises(PreflightError, match=r"did not come up within backend.startup_timeout_s=0.5"):
+            preflight(vllm(stub, startup_timeout_s=0.5), poll_s=0.1)
+
+
+@pytest.mark.parametrize("server, match", [
+    (dict(tool_parser=False), r"refused .*auto.* tool choice requires"),
+    (dict(tools_in_template=False), r"auto check\): the reply was plain text"),
+])
+def test_preflight_refuses_a_server_whose_tools_do_not_work(server, match):
+    with StubLLMServer(model="qwen-open", responder=echo_call, **server) as stub:
+        with pytest.raises(PreflightError, match=match) as caught:
+            preflight(vllm(stub))
+    for flag in ("--enable-auto-tool-choice", "--tool-call-parser", "--chat-template"):
+        assert flag in str(caught.value)
+
+
+def test_preflight_refuses_a_wrong_model_or_address_and_checks_keys(monkeypatch):
+    with StubLLMServer(model="Qwen/Qwen3-32B", responder=echo_call) as stub:
+        with pytest.raises(PreflightError, match=r"serves \['Qwen/Qwen3-32B'\], not 'qwen-open'"):
+            preflight(vllm(stub))
+        config = vllm(stub, model="Qwen/Qwen3-32B")
+        config.base_url = stub.url
+        with pytest.raises(PreflightError, match=r"404; backend.base_url usually ends with the API prefix"):
+            preflight(config)
+    from aar_ray.agents.researcher import BackendConfig
+
+    monkeypatch.delenv("ANTHROPIC_API_KEY", raising=False)
+    with pytest.raises(PreflightError, match="ANTHROPIC_API_KEY"):
+        preflight(BackendConfig(kind="anthropic", model="claude-opus-4-6"))
+    assert preflight(BackendConfig())["ok"]

@@ -69,10 +69,12 @@ def test_a_restarted_researcher_resumes_without_repeating_an_experiment(world, t
     first = Researcher(_search("search-2"), tools, tmp_path / "s2")
     for _ in range(2):
         first.step()
-    # simulate a crash after the turn was saved but before its experiment finished recording
-    state = json.loads((tmp_path / "s2" / "state.json").read_text())
-    state["messages"] = state["messages"][:-1]
-    (tmp_path / "s2" / "state.json").write_text(json.dumps(state))
+    # simulate a crash after the turn was saved but before its experiment finished recording:
+    # the checkpoint log (one record a line) ends with the call, without its result
+    log = tmp_path / "s2" / "log.jsonl"
+    lines = log.read_text().splitlines(keepends=True)
+    assert json.loads(lines[-1])["message"]["role"] == "tool"
+    log.write_text("".join(lines[:-1]))
     resumed = Researcher(_search("search-2"), _tools(world, "search-2", "c3", tmp_path), tmp_path / "s2")
     resumed.run()
     keys = [r["call_key"] for r in tools.forum.results()]
@@ -149,7 +151,7 @@ def test_claude_researcher_works_through_the_tools_and_no_key_leaks(world, tmp_p
     assert status["spent"]["dollars"] > 0 and status["spent"]["tokens"] > 2000
     assert tools.forum.results()[0]["idea"] == "idea:soft"
     assert tools.forum.read_posts()[0]["author"] == "claude-0"
-    stores = [tmp_path / "forum.db", tmp_path / "claude-0" / "state.json",
+    stores = [tmp_path / "forum.db", tmp_path / "claude-0" / "state.json", tmp_path / "claude-0" / "log.jsonl",
               *Path(world["uri"].removeprefix("sqlite:///")).parent.rglob("*")]
     for path in stores:
         if path.is_file():

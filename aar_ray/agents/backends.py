@@ -50,6 +50,31 @@ the only one. Giving up raises `RetriesExhausted`; other HTTP errors raise `Back
 at once. The API key is read from an environment variable (`MissingAPIKeyError` names it when it
 is absent) and never appears in a repr, an exception message or a log line.
 
+Context length
+--------------
+Every backend knows its model's context window (`context_window()`): configured, or read from
+the server (an OpenAI-compatible server's ``GET /models`` gives ``max_model_len``), or the
+model's published window (Claude: 200,000 tokens without the 1M beta). A request the server
+refuses for its length raises `ContextLengthExceeded` (a `BackendRequestError`) with the window
+and prompt size when the message gives them, so the researcher can compact and retry
+(`aar_ray.agents.context`).
+
+Tool calls, sampling, reasoning
+-------------------------------
+Tool schemas can be sent ``strict`` (constrained decoding of the arguments): on the Messages API
+the schema loses the keywords strict mode does not take (numeric bounds, string lengths; they
+move into the description, and the tools check them anyway); on the chat API it becomes the
+strict style (every property required, optional ones nullable) and the nulls the model sends for
+optional properties are dropped again before the call is used. The chat request names
+``tool_choice: "auto"`` so a vLLM started without ``--enable-auto-tool-choice`` refuses loudly
+instead of answering tools with text. ``temperature`` and ``top_p`` are sent to an OpenAI-compatible
+server when configured; the Messages API (version 2026-10-21, anthropic SDK 2.x) refuses them, so
+`AnthropicBackend` does too, at construction. A
+``reasoning`` (or ``reasoning_content``) field is kept apart from the text (`Turn.reasoning`). A
+tool call that arrives as text (``<tool_call>...`` in the content, no ``tool_calls``: the server's
+parser did not recognise it) is returned as a `ToolCall` with `error` set, so it is answered with
+an error the model can act on, never run and never silently lost.
+
 Cost
 ----
 Prices per million tokens come from ``conf/prices.yaml`` (`load_price_table`). Before a call,
@@ -114,6 +139,11 @@ class Usage:
     def total_tokens(self) -> int:
         return self.input_tokens + self.output_tokens + self.cache_read_tokens + self.cache_write_tokens
 
+    @property
+    def prompt_tokens(self) -> int:
+        """Every input token of the call, cached or not: what counts against the context window."""
+        return self.input_tokens + self.cache_read_tokens + self.cache_write_tokens
+
     def __add__(self, other: "Usage") -> "Usage":
         return Usage(self.input_tokens + other.input_tokens, self.output_tokens + other.output_tokens,
                      self.cache_read_tokens + other.cache_read_tokens,
@@ -128,6 +158,7 @@ class Turn:
     usage: Usage
     dollars: float
     raw_model: str
+    reasoning: str = ""  # a reasoning model's thinking, kept apart from the text (not sent back)
 
     def to_message(self) -> dict:
         """The assistant message to append to the conversation."""
@@ -192,8 +223,54 @@ class BackendRequestError(BackendError):
         self.status = status
 
 
+class ContextLengthExceeded(BackendRequestError):
+    """The server refused the request because the prompt (plus max_tokens) does not fit the
+    model's context window. `window` and `prompt_tokens` are what the message said, when it did."""
+
+    def __init__(self, message: str, status: int | None = None, window: int | None = None,
+                 prompt_tokens: int | None = None):
+        super().__init__(message, status=status)
+        self.window = window
+        self.prompt_tokens = prompt_tokens
+
+
 class BackendResponseError(BackendError):
     """The provider answered 2xx with a body that is not a usable reply."""
+
+
+# What servers say when a prompt does not fit: vLLM ("This model's maximum context length is 4096
+# tokens. However, your prompt contains at least 4097 input tokens ...", or "... you requested
+# 4200 tokens (4000 in the messages, 200 in the completion)", or "'max_tokens' ... is too large:
+# ... your request has 10 input tokens"), the Messages API ("prompt is too long: 208656 tokens >
+# 200000 maximum", "input length and `max_tokens` exceed context limit: 197000 + 8192 > 200000"),
+# OpenAI (code context_length_exceeded), llama.cpp/SGLang ("exceeds the context size").
+_OVERFLOW_HINTS = ("maximum context length", "prompt is too long", "context_length_exceeded",
+                   "exceed context limit", "context window", "context length", "context size",
+                   "maximum model length", "too many tokens", "model_context_window_exceeded")
+_WINDOW_PATTERNS = (r"maximum context length is (\d+)", r"tokens > (\d+) maximum",
+                    r"> (\d+), decrease", r"exceed context limit: \d+ \+ \d+ > (\d+)",
+                    r"context (?:length|size|window)(?: of| is)? (\d+)")
+_PROMPT_PATTERNS = (r"prompt contains at least (\d+)", r"(\d+) input tokens", r"\((\d+) in the messages",
+                    r"messages resulted in (\d+)", r"prompt is too long: (\d+)",
+                    r"exceed context limit: (\d+) \+", r"request has (\d+)")
+
+
+def context_overflow(status: int, detail: str, message: str | None = None) -> ContextLengthExceeded | None:
+    """The `ContextLengthExceeded` an HTTP error with this `detail` (the server's message) stands
+    for, raised with `message` (default: the detail), or None if it is another error."""
+    lowered = detail.lower()
+    if status not in (400, 413, 422) or not any(hint in lowered for hint in _OVERFLOW_HINTS):
+        return None
+
+    def first(patterns) -> int | None:
+        for pattern in patterns:
+            found = re.search(pattern, lowered)
+            if found:
+                return int(found.group(1))
+        return None
+
+    return ContextLengthExceeded(message if message is not None else detail, status=status,
+                                 window=first(_WINDOW_PATTERNS), prompt_tokens=first(_PROMPT_PATTERNS))
 
 
 class _Secret:
@@ -431,18 +508,49 @@ TRUNCATED_CALL_ERROR = ("the reply hit max_tokens while writing this tool call, 
 
 
 def _mark_truncated(calls: list[ToolCall]) -> None:
-    """In a reply cut off by max_tokens, the last tool call is the one being written."""
-    if calls and calls[-1].error is None:
+    """In a reply cut off by max_tokens, the last tool call is the one being written (its
+    arguments may even parse, cut at a lucky place; they are still not what the model meant)."""
+    if calls:
         calls[-1].input = {}
         calls[-1].error = TRUNCATED_CALL_ERROR
 
 
 # ==== Anthropic ==================================================================================
 EPHEMERAL = {"type": "ephemeral"}
+ANTHROPIC_CONTEXT_WINDOW = 200_000
 
 
-def to_anthropic_tool(tool: ToolSpec) -> dict:
-    return {"name": tool.name, "description": tool.description, "input_schema": tool.input_schema}
+# Keywords the Messages API's strict mode does not take (its JSON Schema subset); a strict tool's
+# schema loses them and its description says them instead. The tools check them on every call.
+_UNSTRICT_KEYWORDS = ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "multipleOf",
+                      "minLength", "maxLength", "maxItems", "minProperties", "maxProperties")
+
+
+def _anthropic_strict_schema(schema: Any, dropped: list[str], path: str = "") -> Any:
+    if not isinstance(schema, dict):
+        return schema
+    out = {}
+    for key, value in schema.items():
+        if key in _UNSTRICT_KEYWORDS or (key == "minItems" and value not in (0, 1)):
+            dropped.append(f"{path or 'input'}: {key} {value}")
+        elif key == "properties" and isinstance(value, dict):
+            out[key] = {name: _anthropic_strict_schema(sub, dropped, name) for name, sub in value.items()}
+        elif key == "items":
+            out[key] = _anthropic_strict_schema(value, dropped, f"{path}[]")
+        else:
+            out[key] = value
+    if out.get("type") == "object":
+        out["additionalProperties"] = False
+    return out
+
+
+def to_anthropic_tool(tool: ToolSpec, strict: bool = False) -> dict:
+    if not strict:
+        return {"name": tool.name, "description": tool.description, "input_schema": tool.input_schema}
+    dropped: list[str] = []
+    schema = _anthropic_strict_schema(tool.input_schema, dropped)
+    description = tool.description + (f" (Limits: {'; '.join(dropped)}.)" if dropped else "")
+    return {"name": tool.name, "description": description, "input_schema": schema, "strict": True}
 
 
 def _anthropic_blocks(message: dict) -> tuple[str, list[dict]]:
@@ -479,14 +587,17 @@ def to_anthropic_messages(messages: list[dict]) -> list[dict]:
 
 
 def anthropic_request(model: str, system: str, messages: list[dict], tools: list[ToolSpec],
-                      max_tokens: int, prompt_caching: bool = True) -> dict:
+                      max_tokens: int, prompt_caching: bool = True, strict: bool = False,
+                      tool_choice: dict | None = None) -> dict:
     """Keyword arguments for ``client.messages.create`` (also the JSON body sent)."""
     request: dict[str, Any] = {"model": model, "max_tokens": max_tokens,
                                "messages": to_anthropic_messages(messages)}
     if system:
         request["system"] = [{"type": "text", "text": system}]
     if tools:
-        request["tools"] = [to_anthropic_tool(tool) for tool in tools]
+        request["tools"] = [to_anthropic_tool(tool, strict) for tool in tools]
+        if tool_choice is not None:
+            request["tool_choice"] = tool_choice
     if prompt_caching:
         _mark_cache_breakpoints(request)
     return request
@@ -518,6 +629,7 @@ def turn_from_anthropic(response: Mapping, prices: Prices) -> Turn:
     """A Messages-API response body (dict) as a Turn."""
     blocks = response.get("content") or []
     text = "\n".join(b.get("text", "") for b in blocks if b.get("type") == "text")
+    reasoning = "\n".join(b.get("thinking", "") for b in blocks if b.get("type") == "thinking")
     calls = [_anthropic_tool_call(b) for b in blocks if b.get("type") == "tool_use"]
     truncated = response.get("stop_reason") in ("max_tokens", "model_context_window_exceeded")
     if truncated and blocks and blocks[-1].get("type") == "tool_use":
@@ -529,7 +641,8 @@ def turn_from_anthropic(response: Mapping, prices: Prices) -> Turn:
                   cache_write_tokens=int(raw_usage.get("cache_creation_input_tokens") or 0))
     stop: StopReason = "max_tokens" if truncated else "tool_use" if calls else "end"
     return Turn(text=text, tool_calls=calls, stop_reason=stop, usage=usage,
-                dollars=prices.dollars(usage), raw_model=str(response.get("model") or ""))
+                dollars=prices.dollars(usage), raw_model=str(response.get("model") or ""),
+                reasoning=reasoning)
 
 
 class _PricedBackend:
@@ -551,10 +664,18 @@ class AnthropicBackend(_PricedBackend):
     def __init__(self, model: str, api_key_env: str = "ANTHROPIC_API_KEY", base_url: str | None = None,
                  prices: Prices | Mapping | str | Path | None = None, max_retries: int = 6,
                  timeout: float = 600.0, prompt_caching: bool = True,
-                 retry_policy: RetryPolicy | None = None, estimate_bytes_per_token: float = 1.0):
+                 retry_policy: RetryPolicy | None = None, estimate_bytes_per_token: float = 1.0,
+                 context_window: int | None = None, strict_tools: bool = False,
+                 temperature: float | None = None, top_p: float | None = None):
         import anthropic
 
+        if temperature is not None or top_p is not None:
+            raise ValueError(f"AnthropicBackend({model}): temperature and top_p are not accepted by the "
+                             f"Messages API this SDK speaks (version 2026-10-21 refuses them with a 400, as do "
+                             f"Claude models from Opus 4.7 on); leave backend.temperature and backend.top_p unset")
         self.model = model
+        self._context_window = context_window or None
+        self.strict_tools = strict_tools
         self.api_key_env = api_key_env
         self.base_url = base_url
         self.prompt_caching = prompt_caching
@@ -569,9 +690,15 @@ class AnthropicBackend(_PricedBackend):
 
     def step(self, system: str, messages: list[dict], tools: list[ToolSpec], max_tokens: int) -> Turn:
         validate_messages(messages)
-        request = anthropic_request(self.model, system, messages, tools, max_tokens, self.prompt_caching)
+        request = anthropic_request(self.model, system, messages, tools, max_tokens, self.prompt_caching,
+                                    strict=self.strict_tools)
         response = self.retry.call(lambda: self._send(request), what=f"Anthropic {self.model}")
         return turn_from_anthropic(response, self.prices)
+
+    def context_window(self) -> int:
+        """The configured window, else the model's standard one (200,000 tokens for Claude; the
+        1M-token window of some models needs a beta header this backend does not send)."""
+        return self._context_window or ANTHROPIC_CONTEXT_WINDOW
 
     def close(self) -> None:
         self._client.close()
@@ -600,13 +727,59 @@ class AnthropicBackend(_PricedBackend):
         reason = self._secret.redact(_short(f"HTTP {error.status_code} {detail}".strip()))
         if error.status_code in RETRYABLE_STATUS:
             return TransientError(reason, parse_retry_after(error.response.headers), error.status_code)
-        return BackendRequestError(f"Anthropic {self.model}: {reason}", status=error.status_code)
+        message = f"Anthropic {self.model}: {reason}"
+        return (context_overflow(error.status_code, self._secret.redact(str(detail)), message)
+                or BackendRequestError(message, status=error.status_code))
 
 
 # ==== OpenAI-compatible ==========================================================================
-def to_openai_tool(tool: ToolSpec) -> dict:
-    return {"type": "function", "function": {"name": tool.name, "description": tool.description,
-                                             "parameters": tool.input_schema}}
+def _nullable(schema: dict) -> dict:
+    schema = dict(schema)
+    kind = schema.get("type")
+    if isinstance(kind, str) and kind != "null":
+        schema["type"] = [kind, "null"]
+    elif isinstance(kind, list) and "null" not in kind:
+        schema["type"] = [*kind, "null"]
+    if "enum" in schema and None not in schema["enum"]:
+        schema["enum"] = [*schema["enum"], None]
+    return schema
+
+
+def openai_strict_schema(schema: Any) -> Any:
+    """The strict style of OpenAI's structured outputs (which vLLM's structural tags follow too):
+    every object closed (additionalProperties false) and listing every property as required, an
+    optional property allowing null instead. `drop_null_optionals` undoes the nulls."""
+    if not isinstance(schema, dict):
+        return schema
+    out = dict(schema)
+    if out.get("type") == "object" and isinstance(out.get("properties"), dict):
+        required = set(out.get("required") or [])
+        out["properties"] = {name: (openai_strict_schema(sub) if name in required
+                                    else _nullable(openai_strict_schema(sub)))
+                             for name, sub in out["properties"].items()}
+        out["required"] = list(out["properties"])
+        out["additionalProperties"] = False
+    if isinstance(out.get("items"), dict):
+        out["items"] = openai_strict_schema(out["items"])
+    return out
+
+
+def drop_null_optionals(call: ToolCall, tools: list[ToolSpec]) -> None:
+    """Remove the nulls a strict-mode model sends for the optional arguments it does not use."""
+    spec = next((tool for tool in tools if tool.name == call.name), None)
+    if spec is None or not isinstance(call.input, dict):
+        return
+    required = set(spec.input_schema.get("required") or [])
+    for name in [k for k, v in call.input.items() if v is None and k not in required]:
+        del call.input[name]
+
+
+def to_openai_tool(tool: ToolSpec, strict: bool = False) -> dict:
+    function = {"name": tool.name, "description": tool.description,
+                "parameters": openai_strict_schema(tool.input_schema) if strict else tool.input_schema}
+    if strict:
+        function["strict"] = True
+    return {"type": "function", "function": function}
 
 
 def _openai_message(message: dict) -> dict:
@@ -625,12 +798,16 @@ def _openai_message(message: dict) -> dict:
 
 
 def openai_request(model: str, system: str, messages: list[dict], tools: list[ToolSpec],
-                   max_tokens: int) -> dict:
+                   max_tokens: int, strict: bool = False, tool_choice: str | dict | None = None,
+                   sampling: Mapping[str, float] | None = None) -> dict:
     chat = [{"role": "system", "content": system}] if system else []
     chat += [_openai_message(message) for message in messages]
     request: dict[str, Any] = {"model": model, "messages": chat, "max_tokens": max_tokens}
+    request.update({k: v for k, v in (sampling or {}).items() if v is not None})
     if tools:
-        request["tools"] = [to_openai_tool(tool) for tool in tools]
+        request["tools"] = [to_openai_tool(tool, strict) for tool in tools]
+        if tool_choice is not None:
+            request["tool_choice"] = tool_choice
     return request
 
 
@@ -643,14 +820,75 @@ def _openai_tool_call(raw: Mapping, index: int) -> ToolCall:
     return ToolCall(id=raw.get("id") or f"call_{index}", name=name, input=arguments, error=error)
 
 
-def turn_from_openai(response: Mapping, prices: Prices) -> Turn:
-    """A chat-completions response body (dict) as a Turn."""
+# Tool-call markup that chat templates teach models to write; a server whose tool parser is off,
+# wrong for the model, or defeated by malformed JSON passes it on as text.
+_TEXT_CALL_PATTERNS = (
+    re.compile(r"<tool_call>(.*?)(?:</tool_call>|$)", re.S),  # Hermes, Qwen
+    re.compile(r"<function=([\w.-]+)>(.*?)(?:</function>|$)", re.S),  # Llama 3.1 / Qwen3-Coder XML
+    re.compile(r"\[TOOL_CALLS\](.*)$", re.S),  # Mistral
+    re.compile(r"<\|python_tag\|>(.*)$", re.S),  # Llama 3.x
+    re.compile(r"<｜tool▁call▁begin｜>(.*?)(?:<｜tool▁call▁end｜>|$)", re.S),  # DeepSeek
+)
+TEXT_CALL_ERROR = ("this tool call arrived as plain text, not as a tool call the server parsed ({why}), "
+                   "so it was not run. Call the tool again through the tool-calling interface, with "
+                   "arguments that are one valid JSON object.")
+
+
+def _name_in(text: str, tools: list[ToolSpec]) -> str:
+    found = re.search(r'"name"\s*:\s*"([^"]+)"', text)
+    if found:
+        return found.group(1)
+    for tool in tools:
+        if re.search(rf"\b{re.escape(tool.name)}\b", text):
+            return tool.name
+    return ""
+
+
+def text_tool_calls(text: str, tools: list[ToolSpec]) -> tuple[str, list[ToolCall]]:
+    """Tool calls written as text: (the text without them, calls with `error` set)."""
+    calls, rest = [], text
+    for pattern in _TEXT_CALL_PATTERNS:
+        for match in pattern.finditer(text):
+            body = match.group(0)
+            name = (match.group(1) if pattern.pattern.startswith("<function=") else _name_in(body, tools))
+            why = "its markup " + _short(body.strip(), 120).replace("\n", " ")
+            calls.append(ToolCall(id=f"text_call_{uuid.uuid4().hex[:12]}", name=name or "unparsed_tool_call",
+                                  input={}, error=TEXT_CALL_ERROR.format(why=why)))
+            rest = rest.replace(body, "")
+    stripped = text.strip()
+    if not calls and stripped.startswith("{") and stripped.endswith("}"):
+        # a bare JSON call ({"name": ..., "arguments": ...}) naming one of the tools
+        try:
+            body = json.loads(stripped)
+        except ValueError:
+            body = None
+        if isinstance(body, dict) and body.get("name") in {t.name for t in tools} and (
+                "arguments" in body or "parameters" in body):
+            calls.append(ToolCall(id=f"text_call_{uuid.uuid4().hex[:12]}", name=body["name"], input={},
+                                  error=TEXT_CALL_ERROR.format(why="a bare JSON object in the reply")))
+            rest = ""
+    return rest.strip(), calls
+
+
+def turn_from_openai(response: Mapping, prices: Prices, tools: list[ToolSpec] | None = None) -> Turn:
+    """A chat-completions response body (dict) as a Turn. With `tools` (those offered), tool
+    calls written as text are recognised and optional arguments sent as null are dropped."""
     choices = response.get("choices") if isinstance(response, Mapping) else None
     if not choices:
         raise BackendResponseError(f"chat completion without choices: {_short(json.dumps(response))}")
-    choice = choices[0]
+    choice = choices[0] or {}
     message = choice.get("message") or {}
     calls = [_openai_tool_call(raw, i) for i, raw in enumerate(message.get("tool_calls") or [])]
+    text = message.get("content") or ""
+    reasoning = message.get("reasoning_content") or message.get("reasoning") or ""
+    if not isinstance(reasoning, str):
+        reasoning = json.dumps(reasoning)
+    if tools and not calls:
+        text, calls = text_tool_calls(text, tools)
+        if not calls and not text:  # everything went to the reasoning parser
+            _, calls = text_tool_calls(reasoning, tools)
+    for call in calls:
+        drop_null_optionals(call, tools or [])
     truncated = choice.get("finish_reason") == "length"
     if truncated:
         _mark_truncated(calls)
@@ -659,9 +897,14 @@ def turn_from_openai(response: Mapping, prices: Prices) -> Turn:
     usage = Usage(input_tokens=int(raw_usage.get("prompt_tokens") or 0) - cached,
                   output_tokens=int(raw_usage.get("completion_tokens") or 0),
                   cache_read_tokens=cached)
+    # finish_reason "stop" with tool calls (vLLM does this) still means the calls are to be run
     stop: StopReason = "max_tokens" if truncated else "tool_use" if calls else "end"
-    return Turn(text=message.get("content") or "", tool_calls=calls, stop_reason=stop, usage=usage,
-                dollars=prices.dollars(usage), raw_model=str(response.get("model") or ""))
+    return Turn(text=text, tool_calls=calls, stop_reason=stop, usage=usage,
+                dollars=prices.dollars(usage), raw_model=str(response.get("model") or ""),
+                reasoning=reasoning)
+
+
+DEFAULT_OPEN_CONTEXT_WINDOW = 32_768  # when neither the config nor the server says
 
 
 class OpenAICompatibleBackend(_PricedBackend):
@@ -669,27 +912,68 @@ class OpenAICompatibleBackend(_PricedBackend):
 
     `base_url` includes the API prefix, e.g. ``http://head-node:8000/v1``. `api_key_env` names
     the variable holding a bearer token; None sends no Authorization header (a local server).
-    Prices: the model's entry in the table if it has one, else ``openai-compatible`` (0)."""
+    Prices: the model's entry in the table if it has one, else ``openai-compatible`` (0).
+    `context_window`: the model's window in tokens; None reads ``max_model_len`` from the
+    server's ``GET /models``. `strict_tools` sends strict-style schemas; `temperature` and
+    `top_p` are sent when given (else the server's defaults, e.g. the model's generation config)."""
 
     def __init__(self, model: str, base_url: str, api_key_env: str | None = None,
                  prices: Prices | Mapping | str | Path | None = None, max_retries: int = 6,
                  timeout: float = 600.0, retry_policy: RetryPolicy | None = None,
-                 estimate_bytes_per_token: float = 1.0):
+                 estimate_bytes_per_token: float = 1.0, context_window: int | None = None,
+                 strict_tools: bool = False, temperature: float | None = None,
+                 top_p: float | None = None):
         self.model = model
         self.base_url = base_url.rstrip("/")
         self.api_key_env = api_key_env
         self.prices = resolve_prices(prices, model, fallback=OPENAI_COMPATIBLE_PRICES)
         self.retry = retry_policy or RetryPolicy(max_retries=max_retries)
         self.estimate_bytes_per_token = estimate_bytes_per_token
+        self.strict_tools = strict_tools
+        self.sampling = {"temperature": temperature, "top_p": top_p}
+        self._context_window = context_window or None
         self._secret = (read_api_key(api_key_env, f"OpenAICompatibleBackend({model})")
                         if api_key_env else None)
         self._http = httpx.Client(timeout=timeout)
 
-    def step(self, system: str, messages: list[dict], tools: list[ToolSpec], max_tokens: int) -> Turn:
+    def step(self, system: str, messages: list[dict], tools: list[ToolSpec], max_tokens: int,
+             tool_choice: str | dict | None = None) -> Turn:
         validate_messages(messages)
-        request = openai_request(self.model, system, messages, tools, max_tokens)
+        request = openai_request(self.model, system, messages, tools, max_tokens, strict=self.strict_tools,
+                                 tool_choice=tool_choice or "auto", sampling=self.sampling)
         response = self.retry.call(lambda: self._send(request), what=f"{self.base_url} {self.model}")
-        return turn_from_openai(response, self.prices)
+        return turn_from_openai(response, self.prices, tools)
+
+    def models(self) -> list[dict]:
+        """The server's ``GET /models`` entries (vLLM's carry ``max_model_len``)."""
+        def attempt() -> dict:
+            failure: BaseException | None = None
+            try:
+                response = self._http.get(f"{self.base_url}/models", headers=self._headers())
+            except httpx.TimeoutException:
+                failure = TransientError("request timed out")
+            except httpx.TransportError as error:
+                failure = TransientError(f"connection error ({type(error).__name__})")
+            if failure is not None:
+                raise failure
+            return self._body_or_raise(response)
+
+        body = self.retry.call(attempt, what=f"{self.base_url} models")
+        data = body.get("data") if isinstance(body, Mapping) else None
+        return [entry for entry in data or [] if isinstance(entry, Mapping)]
+
+    def context_window(self) -> int:
+        """The configured window, else the served model's ``max_model_len``, else 32,768."""
+        if self._context_window is None:
+            try:
+                entry = next((m for m in self.models() if m.get("id") == self.model), None)
+            except BackendError as error:
+                logger.warning("%s: cannot read max_model_len (%s); assuming %d tokens", self.base_url,
+                               error, DEFAULT_OPEN_CONTEXT_WINDOW)
+                entry = None
+            window = int((entry or {}).get("max_model_len") or 0)
+            self._context_window = window or DEFAULT_OPEN_CONTEXT_WINDOW
+        return self._context_window
 
     def close(self) -> None:
         self._http.close()
@@ -716,10 +1000,14 @@ class OpenAICompatibleBackend(_PricedBackend):
     def _body_or_raise(self, response) -> dict:
         status = response.status_code
         if status >= 400:
-            reason = self._redact(_short(f"HTTP {status} {_error_detail(response)}".strip()))
+            detail = self._redact(_error_detail(response))
+            reason = _short(f"HTTP {status} {detail}".strip())
             if status in RETRYABLE_STATUS:
                 raise TransientError(reason, parse_retry_after(response.headers), status)
-            raise BackendRequestError(f"{self.base_url} {self.model}: {reason}", status=status)
+            message = f"{self.base_url} {self.model}: {reason}"
+            if status == 404:
+                message += _not_found_hint(self.base_url, self.model, response)
+            raise context_overflow(status, detail, message) or BackendRequestError(message, status=status)
         try:
             return response.json()
         except ValueError:
@@ -736,10 +1024,24 @@ def _error_detail(response) -> str:
         body = response.json()
     except ValueError:
         return response.text
-    error = body.get("error") if isinstance(body, Mapping) else None
+    if not isinstance(body, Mapping):
+        return str(body)
+    error = body.get("error")
     if isinstance(error, Mapping):
         return str(error.get("message") or error.get("type") or "")
-    return str(error or body)
+    # vLLM's older shape: {"object": "error", "message": ...}; FastAPI's: {"detail": "Not Found"}
+    return str(error or body.get("message") or body.get("detail") or body)
+
+
+def _not_found_hint(base_url: str, model: str, response) -> str:
+    """Why an OpenAI-compatible server answered 404, in words an operator can act on."""
+    detail = _error_detail(response)
+    if "does not exist" in detail or "model" in detail.lower():
+        return (f" (the server does not serve the model {model!r}; set backend.model to a name its "
+                f"GET {base_url}/models lists, or start it with --served-model-name {model})")
+    if not base_url.rstrip("/").endswith("/v1"):
+        return f" (no such route: backend.base_url usually ends with the API prefix, e.g. {base_url.rstrip('/')}/v1)"
+    return ""
 
 
 # ==== paying for calls from a budget =============================================================

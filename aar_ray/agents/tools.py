@@ -20,6 +20,7 @@ import numpy as np
 
 from aar_ray.agents.backends import ToolSpec
 from aar_ray.agents.budget import Budget, BudgetExceeded
+from aar_ray.agents.checkpoint import NOTES_FILE
 from aar_ray.experiments import SCORER_TIMEOUT_S, ExperimentSpec, record_experiment
 from aar_ray.methods import METHODS, MethodSpecError, parse_method
 from aar_ray.models import StudentConfig, TeacherConfig
@@ -109,6 +110,10 @@ SPECS = [
              _obj(idea_file={"type": "string"})),
     ToolSpec("read_shared_code", "Read code another researcher shared.", _obj(code_id={"type": "integer"})),
     ToolSpec("finish", "Stop researching, with a summary of what you found.", _obj(summary={"type": "string"})),
+    ToolSpec("update_notes", "Replace your notes (notes.md in your workspace). They are shown to you in every "
+             "turn, also after older turns are summarised to keep your context small: keep in them what you "
+             "tried, what worked (with run ids and feedback), what failed and what to try next. At most "
+             "6,000 characters.", _obj(content={"type": "string"})),
 ]
 
 
@@ -303,9 +308,19 @@ def finish(ctx: ToolContext, summary: str) -> dict:
     return {"finished": True}
 
 
+NOTES_LIMIT = 6000  # characters of notes; the researcher shows them in every turn
+
+
+def update_notes(ctx: ToolContext, content: str) -> dict:
+    if len(content) > NOTES_LIMIT:
+        raise ToolError(f"notes of {len(content):,} characters; keep them under {NOTES_LIMIT:,}: condense "
+                        f"what is settled, drop what no longer matters")
+    return {**write_file(ctx, NOTES_FILE, content), "chars": len(content)}
+
+
 TOOLS: dict[str, Callable] = {f.__name__: f for f in (
     describe_task, sample_data, read_file, write_file, run_shell, run_experiment, leaderboard,
-    post, read_forum, share_code, read_shared_code, finish)}
+    post, read_forum, share_code, read_shared_code, finish, update_notes)}
 
 
 def call_tool(ctx: ToolContext, name: str, arguments: dict, call_id: str) -> tuple[str, bool]:
