@@ -4,8 +4,11 @@
 # Called from head_start_ray_commands in clusters/{local,aws,gcp}.yaml; safe to run again
 # (it stops the server that its previous run started). The effective command is
 #
-#   mlflow server --backend-store-uri "$MLFLOW_BACKEND_STORE_URI" \
+#   mlflow server --backend-store-uri "$MLFLOW_BACKEND_STORE_URI" --serve-artifacts \
 #       --artifacts-destination "$MLFLOW_ARTIFACTS_DESTINATION" --host 0.0.0.0 --port 5000
+#
+# tests/test_postgres.py runs this script against a real PostgreSQL server and logs an
+# experiment with artifacts through it.
 #
 # Settings come from the environment, or from ~/aar_secrets/mlflow.env when that file exists
 # (the folder is file-mounted from ~/.config/aar_ray/cluster on the machine that runs `ray up`;
@@ -13,6 +16,17 @@
 #   MLFLOW_BACKEND_STORE_URI      SQLAlchemy URI, e.g. postgresql://mlflow:PASSWORD@HOST:5432/mlflow
 #   MLFLOW_ARTIFACTS_DESTINATION  artifact store behind the server, e.g. s3://BUCKET/mlflow
 #   MLFLOW_PORT                   default 5000
+#   MLFLOW_WORKERS                server worker processes (default: MLflow's, 4)
+#   MLFLOW_SQLALCHEMYSTORE_MAX_OVERFLOW  database connections a worker may open beyond its 5
+#                                 pooled ones (default here 45; MLflow's own is 10). A burst of
+#                                 100 researchers recording at once on MLflow's default pool
+#                                 timed out after 30 s ("QueuePool limit ... reached";
+#                                 benchmarks/store_backends.py). Keep workers x (5 + overflow)
+#                                 below the database's max_connections.
+#   MLFLOW_SQLALCHEMYSTORE_POOL_RECYCLE  seconds before a pooled connection is replaced
+#                                 (default here 1800: managed databases drop idle ones)
+# A postgresql:// (or postgres://) URI runs on psycopg 3, which the project installs; the
+# database must exist (MLflow creates its tables on first start).
 # Without them the server uses sqlite and a folder under ~/aar_mlflow on the head. Pass
 # --require-server-db to refuse that fallback (cloud clusters: `ray down` deletes the head's disk).
 #
@@ -46,6 +60,27 @@ fi
 backend="${MLFLOW_BACKEND_STORE_URI:-sqlite:///$state_dir/mlflow.db}"
 artifacts="${MLFLOW_ARTIFACTS_DESTINATION:-$state_dir/artifacts}"
 port="${MLFLOW_PORT:-5000}"
+export MLFLOW_SQLALCHEMYSTORE_MAX_OVERFLOW="${MLFLOW_SQLALCHEMYSTORE_MAX_OVERFLOW:-45}"
+export MLFLOW_SQLALCHEMYSTORE_POOL_RECYCLE="${MLFLOW_SQLALCHEMYSTORE_POOL_RECYCLE:-1800}"
+workers=()
+if [[ -n "${MLFLOW_WORKERS:-}" ]]; then
+  workers=(--workers "$MLFLOW_WORKERS")
+fi
+if [[ "$backend" == postgres://* ]]; then
+  backend="postgresql://${backend#postgres://}"  # SQLAlchemy knows only the long scheme
+fi
+mlflow_bin="$(command -v mlflow || true)"
+if [[ -z "$mlflow_bin" ]]; then
+  echo "start_mlflow: no mlflow on PATH ($PATH)" >&2
+  exit 1
+fi
+# the Python that runs mlflow (its script's #! line) must have the PostgreSQL driver
+mlflow_python="$(sed -n '1s/^#! *//p' "$mlflow_bin")"
+if [[ "$backend" == postgresql* && -n "$mlflow_python" ]] && ! $mlflow_python -c 'import psycopg' 2>/dev/null; then
+  echo "start_mlflow: $backend needs the psycopg driver beside mlflow ($mlflow_python):" \
+       "pip install 'psycopg[binary]' (the project's dependencies include it)" >&2
+  exit 1
+fi
 if [[ "$artifacts" != *://* ]]; then
   mkdir -p "$artifacts"
 fi
@@ -69,8 +104,8 @@ fi
 # leader, so the pid it records is the group id used above.
 setsid bash -c 'echo $$ > "$0"; exec mlflow server "$@"' "$state_dir/server.pgid" \
   --backend-store-uri "$backend" \
-  --artifacts-destination "$artifacts" \
-  --host 0.0.0.0 --port "$port" \
+  --serve-artifacts --artifacts-destination "$artifacts" \
+  --host 0.0.0.0 --port "$port" "${workers[@]}" \
   >"$state_dir/server.log" 2>&1 </dev/null &
 
 # /health is exempt from MLflow's Host-header check, so probing it by loopback is reliable.

@@ -2,8 +2,9 @@
 all also logged as artifacts of the campaign's MLflow run.
 
 Sections: PGR over time (best so far, overall and per researcher), leaderboard, generalisation
-table, cost (tokens, dollars, agent-hours, $/agent-hour, experiment task hours), and the lineage
-of each winning idea (the posts and shared code its researcher read before running it).
+table, cost (tokens, dollars, agent-hours, $/agent-hour, experiment task hours), the lineage
+of each winning idea (the posts and shared code its researcher read before running it), and each
+researcher's final notes.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+
+from aar_ray.agents.checkpoint import final_notes, read_history  # noqa: E402
 
 
 def plot_pgr_over_time(results: list[dict], path: Path) -> Path:
@@ -42,12 +45,12 @@ def plot_pgr_over_time(results: list[dict], path: Path) -> Path:
 def lineage(campaign_path: Path, result: dict) -> dict:
     """What the researcher read (shared code ids, forum posts) before the experiment that
     produced `result`, taken from its checkpointed conversation."""
-    state_file = campaign_path / "researchers" / result["researcher"] / "state.json"
-    if not state_file.exists():
+    state_dir = campaign_path / "researchers" / result["researcher"]
+    if not state_dir.exists():
         return {"code_read": [], "posts_read": []}
     call_id = result["call_key"].rsplit("/", 1)[-1]
     code_read, posts_read = [], []
-    for message in json.loads(state_file.read_text())["messages"]:
+    for message in read_history(state_dir):  # in full, also what compaction later summarised
         for call in message.get("tool_calls", []) if message["role"] == "assistant" else []:
             if call["id"] == call_id:
                 return {"code_read": code_read, "posts_read": posts_read}
@@ -107,6 +110,10 @@ def write_report(config, forum, tracker, parent_run_id: str, statuses: list[dict
         lines.append(f"- `{row['idea']}` by {row['researcher']} (PGR {row['pgr']}): read shared code "
                      f"{trace['code_read'] or 'none'}, forum posts {trace['posts_read'] or 'none'}")
     lines += ["", "## Researchers", ""] + _markdown_table(statuses, ["name", "steps", "stopped"])
+    lines += ["", "## Researchers' final notes", ""]
+    for status in statuses:
+        notes = final_notes(path / "researchers" / status["name"]).strip()
+        lines += [f"### {status['name']}", "", notes or "(no notes kept)", ""]
     report = out / "report.md"
     report.write_text("\n".join(lines) + "\n")
     tracker.finish_parent(parent_run_id, [report, plot, out / "generalisation.json", out / "cost.json"])
