@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
+import time
 from pathlib import Path
 
 from aar_ray.config import ConfigError
@@ -15,7 +17,8 @@ aar_ray runs weak-to-strong (W2S) experiments on a Ray cluster and scores them b
 the share of the weak-to-strong gap a method recovers:
     PGR = (transfer_acc - weak_acc) / (strong_acc - weak_acc)
 
-Typical session on one machine (local Ray, MLflow in ./mlflow.db, data in ./.aar):
+Typical session on one machine (local Ray; testbeds, sealed labels, checkpoints, reports and
+MLflow in the aar home: --home, else $AAR_HOME, else ~/.aar, the same from every directory):
     aar campaign --config conf/campaign/laptop.yaml   # researchers in parallel, then a report
     aar campaign status --name laptop    # while it runs: each researcher's steps and spend
     aar testbed list                     # embedded CPU testbeds: sentiment, taxonomy, preference
@@ -24,28 +27,43 @@ Typical session on one machine (local Ray, MLflow in ./mlflow.db, data in ./.aar
     aar score-holdout --testbed taxonomy --method vanilla_w2s   # operator: the held-out half
     aar ui                               # browse every run in the MLflow UI
 
-On a cluster, set RAY_ADDRESS (and MLFLOW_TRACKING_URI) or submit `jobs/campaign.py` or
-`jobs/baseline.py` with `ray job submit --runtime-env jobs/runtime_env.yaml`. Labels of unlabelled, validation and holdout rows stay in .aar/sealed and
-are read only by the scorer actor.
+On a Ray head started from the project's venv (README, "Using it"), submit from the checkout:
+    RAY_AUTH_MODE=token ray job submit --address http://127.0.0.1:8265 \\
+        --runtime-env jobs/runtime_env.yaml -- python jobs/campaign.py --config conf/campaign/laptop.yaml
+(jobs/baseline.py takes `aar baseline`'s options). In a job a relative --home is refused: its
+working directory is Ray's temporary copy of the checkout (the default, ~/.aar, is absolute).
+Labels of unlabelled, validation and holdout rows stay in <home>/sealed and are read only by
+the scorer actor.
 """
 
 
 def parse_seeds(text: str) -> list[int]:
-    """`1-5` or `1,3,7` or `2`."""
+    """`1-5` or `1,3,7` or `2`, or a mix (`1-3,7`): distinct seeds from 1, each range rising. Any
+    other text is refused, never read as "no seeds" (which would run the config's default)."""
+    usage = f"seeds {text!r}: use a range like 1-5, a list like 1,3,7, or both (1-3,7); seeds start at 1"
     seeds: list[int] = []
-    try:
-        for part in text.split(","):
-            lo, sep, hi = part.partition("-")
-            seeds += list(range(int(lo), int(hi) + 1)) if sep else [int(lo)]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"seeds {text!r}: use a range like 1-5 or a list like 1,3,7") from None
+    for part in text.split(","):
+        lo, sep, hi = part.strip().partition("-")
+        if not lo.isdigit() or (sep and not hi.isdigit()):
+            raise argparse.ArgumentTypeError(usage)
+        first, last = int(lo), int(hi) if sep else int(lo)
+        if first < 1:
+            raise argparse.ArgumentTypeError(usage)
+        if last < first:
+            raise argparse.ArgumentTypeError(f"seeds {text!r}: the range {part} runs backwards; write {last}-{first}")
+        seeds += range(first, last + 1)
+    repeated = sorted({s for s in seeds if seeds.count(s) > 1})
+    if repeated:
+        raise argparse.ArgumentTypeError(f"seeds {text!r}: seed {repeated[0]} is listed twice")
     return seeds
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--home", default=None, help="where testbeds, sealed labels and caches live (default .aar)")
+    parser.add_argument("--home", default=None,
+                        help="the storage root: testbeds, sealed labels, caches, campaigns, MLflow "
+                             "(default: $AAR_HOME, else ~/.aar; absolute inside a Ray job)")
     parser.add_argument("--tracking-uri", default=None,
-                        help="MLflow store (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db here)")
+                        help="MLflow store (default: $MLFLOW_TRACKING_URI, else sqlite:///<home>/mlflow.db)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -131,7 +149,26 @@ def _location_overrides(args) -> list[str]:
 
 
 def _home(args) -> str:
-    return args.home or ".aar"
+    """The home as an absolute path, fixed here once for every command."""
+    from aar_ray.config import resolve_home
+
+    return resolve_home(args.home)
+
+
+def _tracking_uri(args) -> str:
+    from aar_ray.config import resolve_store_url
+    from aar_ray.tracking import resolve_tracking_uri
+
+    uri = resolve_store_url(args.tracking_uri, "--tracking-uri") if args.tracking_uri else None
+    return resolve_tracking_uri(uri, _home(args))
+
+
+def _raise_interrupt(signum, frame):
+    raise KeyboardInterrupt  # SIGTERM (`ray job stop`, kill) ends a run like Ctrl-C does
+
+
+def _stop_on_sigterm() -> None:
+    signal.signal(signal.SIGTERM, _raise_interrupt)
 
 
 def cmd_testbed(args) -> int:
@@ -166,18 +203,30 @@ def _field_summary(meta: dict) -> str:
 def cmd_baseline(args) -> int:
     from aar_ray.config import BaselineConfig, load_config
     from aar_ray.experiments.sweep import run_sweep
-    from aar_ray.tracking import format_leaderboard
+    from aar_ray.tracking import Tracker, format_leaderboard
 
     overrides = list(args.overrides)
     if args.testbed:
         overrides.append(f"testbeds=[{','.join(args.testbed)}]")
     if args.method:
         overrides.append(f"methods=[{','.join(args.method)}]")
-    if args.seeds:
+    if args.seeds is not None:
         overrides.append(f"seeds=[{','.join(map(str, args.seeds))}]")
     overrides += _location_overrides(args)
     config = load_config(BaselineConfig, args.config, overrides)
-    table = run_sweep(config)
+    _stop_on_sigterm()
+    started = time.time()
+    try:
+        table = run_sweep(config)
+    except KeyboardInterrupt:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the cleanup short
+        try:
+            killed = Tracker(config.tracking.uri, config.tracking.experiment).mark_killed(started)
+        except Exception as err:  # the store is away: say so, still in one line
+            killed = f"no (the MLflow store did not answer: {type(err).__name__})"
+        print(f"aar baseline: interrupted; {killed} MLflow run(s) left running marked KILLED; "
+              "finished seeds are recorded", file=sys.stderr)
+        return 130
     print(format_leaderboard(table))
     return 0
 
@@ -185,7 +234,7 @@ def cmd_baseline(args) -> int:
 def cmd_leaderboard(args) -> int:
     from aar_ray.tracking import Tracker, format_leaderboard, leaderboard
 
-    print(format_leaderboard(leaderboard(Tracker(args.tracking_uri, args.experiment).runs())))
+    print(format_leaderboard(leaderboard(Tracker(_tracking_uri(args), args.experiment).runs())))
     return 0
 
 
@@ -193,17 +242,19 @@ def cmd_score_holdout(args) -> int:
     from aar_ray.experiments.holdout import score_holdout
 
     for row in score_holdout(args.testbed, args.method, args.seeds, _home(args),
-                             args.tracking_uri, args.experiment, shuffle_teacher=args.shuffle_teacher):
+                             _tracking_uri(args), args.experiment, shuffle_teacher=args.shuffle_teacher):
         print(f"seed {row['seed']}: holdout PGR {row['pgr']:.2f} (transfer {row['transfer_acc']:.2f})")
     return 0
 
 
 def cmd_ui(args) -> int:
-    from aar_ray.tracking import resolve_tracking_uri
-
-    uri = resolve_tracking_uri(args.tracking_uri)
+    uri = _tracking_uri(args)
+    # Artifacts of new experiments go beside a sqlite store (<home>/mlartifacts), not into the
+    # directory `aar ui` happens to be started from.
+    beside = ["--artifacts-destination", str(Path(uri.removeprefix("sqlite:///")).parent / "mlartifacts")] \
+        if uri.startswith("sqlite:///") else []
     print(f"MLflow UI for {uri} on http://127.0.0.1:{args.port}")
-    os.execvp(sys.executable, [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri,
+    os.execvp(sys.executable, [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, *beside,
                                "--port", str(args.port)])
 
 
@@ -220,7 +271,8 @@ CAMPAIGN_ACTIONS = {"status": None, "pause": "pause", "stop": "stop", "continue"
 
 
 def cmd_campaign(args) -> int:
-    from aar_ray.campaign import CampaignConfig, campaign_status, run_campaign, set_control
+    from aar_ray.campaign import (CampaignConfig, CampaignInterrupted, CampaignRunning, campaign_status,
+                                  run_campaign, set_control)
     from aar_ray.config import load_config
 
     if args.overrides and args.overrides[0] in CAMPAIGN_ACTIONS:
@@ -236,14 +288,22 @@ def cmd_campaign(args) -> int:
     overrides = list(args.overrides)
     overrides += _location_overrides(args)
     config = load_config(CampaignConfig, args.config, overrides)
-    outcome = run_campaign(config, resume=args.resume)
+    _stop_on_sigterm()
+    try:
+        outcome = run_campaign(config, resume=args.resume)
+    except CampaignRunning as running:
+        print(f"aar campaign: error: {running}", file=sys.stderr)
+        return 2
+    except CampaignInterrupted as stopped:
+        print(f"aar campaign: {stopped}", file=sys.stderr)
+        return 130
     print(Path(outcome["report"]).read_text())
     print(f"report: {outcome['report']}")
     return 0
 
 
 def cmd_report(args) -> int:
-    report = Path(_home(args)).resolve() / "campaigns" / args.campaign / "report" / "report.md"
+    report = Path(_home(args)) / "campaigns" / args.campaign / "report" / "report.md"
     if not report.exists():
         print(f"aar report: no report for campaign {args.campaign!r} at {report}", file=sys.stderr)
         return 2
@@ -253,7 +313,6 @@ def cmd_report(args) -> int:
 
 def cmd_disqualify(args) -> int:
     from aar_ray.forum import Forum, default_url
-    from aar_ray.tracking import resolve_tracking_uri
     from mlflow import MlflowClient
 
     forum = Forum(default_url(_home(args)), args.campaign)
@@ -261,7 +320,7 @@ def cmd_disqualify(args) -> int:
     if row is None:
         raise ConfigError(f"no result {args.result_id} in campaign {args.campaign!r}")
     forum.disqualify(args.result_id, args.reason)
-    client = MlflowClient(resolve_tracking_uri(args.tracking_uri))
+    client = MlflowClient(_tracking_uri(args))
     for run_id in json.loads(row["run_ids"]):
         client.set_tag(run_id, "disqualified", args.reason)
     print(f"disqualified result {args.result_id} ({row['idea']} by {row['researcher']}): {args.reason}")
@@ -282,6 +341,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, TestbedError, ScoreError, FileExistsError, FileNotFoundError, ValueError) as err:
         print(f"aar {args.command}: error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"aar {args.command}: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

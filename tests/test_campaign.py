@@ -1,5 +1,6 @@
 """Campaigns end to end through `aar campaign`: search researchers, generalisation, report, and
-resume after the driver is killed mid-campaign with nothing lost or counted twice."""
+resume after the driver is killed or interrupted mid-campaign with nothing lost or counted twice;
+one driver per campaign. With no --tracking-uri the MLflow store is the home's."""
 
 import contextlib
 import json
@@ -32,6 +33,7 @@ def _env():
     env = {**os.environ}
     env.pop("RAY_ADDRESS", None)
     env.pop("MLFLOW_TRACKING_URI", None)
+    env.pop("AAR_HOME", None)
     return env
 
 
@@ -52,7 +54,8 @@ def test_laptop_campaign_runs_checks_generalisation_and_writes_a_report(small_ho
     assert (report_dir / "pgr_over_time.png").stat().st_size > 1000
     table = json.loads((report_dir / "generalisation.json").read_text())
     assert len(table) == 2 and all("pref-small_holdout_pgr" in row for row in table)
-    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    assert not (tmp_path / "mlflow.db").exists()  # the working directory holds nothing
+    mlflow.set_tracking_uri(f"sqlite:///{small_home / 'mlflow.db'}")
     runs = mlflow.search_runs(experiment_names=["campaign-ci"])
     assert {"baseline"} - set(runs["tags.submitter"].dropna()) == {"baseline"}  # only researchers and operator
     holdout = runs[runs["tags.split"] == "holdout"]
@@ -62,7 +65,7 @@ def test_laptop_campaign_runs_checks_generalisation_and_writes_a_report(small_ho
     artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(parent["run_id"].iloc[0])}
     assert {"report.md", "pgr_over_time.png", "generalisation.json", "cost.json"} <= artifacts
     traces = {a.path for a in mlflow.MlflowClient().list_artifacts(parent["run_id"].iloc[0], "traces")}
-    assert len(traces) == 2  # one conversation per researcher
+    assert len({Path(t).name.removesuffix(".json") for t in traces}) == 2  # one conversation per researcher
 
 
 def test_killed_driver_resumes_without_losing_or_repeating_experiments(small_home, tmp_path):
@@ -87,9 +90,120 @@ def test_killed_driver_resumes_without_losing_or_repeating_experiments(small_hom
     audit = pd.read_json(small_home / "sealed" / "audit.jsonl", lines=True)
     scored = audit[(audit["outcome"] == "scored") & audit["key"].fillna("").str.startswith("crash/")]
     seeds_in_forum = sum(len(s.split(",")) for s in results["seeds"])
-    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    mlflow.set_tracking_uri(f"sqlite:///{small_home / 'mlflow.db'}")
     runs = mlflow.search_runs(experiment_names=["campaign-crash"], filter_string="tags.split = 'validation'")
     assert len(scored) == seeds_in_forum == len(runs)
+
+
+def _wait_for(condition, what: str, timeout: float = 600, every: float = 0.5):
+    deadline = time.time() + timeout
+    while not condition():
+        if time.time() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(every)
+
+
+def test_one_driver_per_campaign_ctrl_c_ends_cleanly_and_resume_continues(small_home, tmp_path):
+    """A second driver is refused before any set-up; Ctrl-C (SIGINT to the foreground process
+    group, as a terminal sends it) ends the first with one line, no traceback, and no MLflow run
+    left RUNNING; `--resume` from another directory finishes with every experiment once."""
+    name = "interrupted"
+    dirs = {d: tmp_path / d for d in ("first", "second", "third")}
+    for d in dirs.values():
+        d.mkdir()
+    driver = subprocess.Popen(aar_command(small_home, tmp_path, name), cwd=dirs["first"], env=_env(),
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        lock = small_home / "campaigns" / name / "lock.json"
+        _wait_for(lock.exists, "the first driver's lock")
+        started = time.time()
+        second = subprocess.run(aar_command(small_home, tmp_path, name, "--resume"), cwd=dirs["second"],
+                                env=_env(), capture_output=True, text=True, timeout=300)
+        refused_after = time.time() - started
+        assert second.returncode == 2, second.stderr[-2000:]
+        assert f"campaign '{name}' is running (driver pid {driver.pid}" in second.stderr
+        assert "preparing testbeds" not in second.stderr and "Traceback" not in second.stderr
+        assert refused_after < 60, refused_after  # the interpreter's imports; then under a second
+
+        forum_db = small_home / "forum.db"
+        _wait_for(lambda: forum_db.exists() and len(_results(forum_db, name)) > 0, "a first result")
+        os.killpg(driver.pid, signal.SIGINT)
+        _, err = driver.communicate(timeout=300)
+    finally:
+        if driver.poll() is None:
+            os.killpg(driver.pid, signal.SIGKILL)
+            driver.wait()
+    assert driver.returncode == 130, err[-3000:]
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith(f"aar campaign: campaign '{name}' interrupted;") and "--resume" in last
+    assert not lock.exists()
+    mlflow.set_tracking_uri(f"sqlite:///{small_home / 'mlflow.db'}")
+    runs = mlflow.search_runs(experiment_names=[f"campaign-{name}"])
+    assert "RUNNING" not in set(runs["status"])
+    assert set(runs.loc[runs["tags.mlflow.runName"] == f"campaign-{name}", "status"]) == {"KILLED"}
+
+    status = subprocess.run([sys.executable, "-m", "aar_ray.cli", "campaign", "status", "--name", name,
+                             "--home", str(small_home)], cwd=dirs["third"], env=_env(),
+                            capture_output=True, text=True, timeout=300)
+    rows = [json.loads(line) for line in status.stdout.strip().splitlines()]  # from a third directory
+    assert status.returncode == 0 and rows and all(r["experiments"] >= 0 for r in rows), status.stderr[-2000:]
+
+    resumed = subprocess.run(aar_command(small_home, tmp_path, name, "--resume"), cwd=dirs["third"],
+                             env=_env(), capture_output=True, text=True, timeout=900)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    results = _results(small_home / "forum.db", name)
+    assert len(results) == len(set(results["call_key"])) == 2 * 3
+    runs = mlflow.search_runs(experiment_names=[f"campaign-{name}"])
+    assert set(runs["status"]) <= {"FINISHED", "FAILED"}  # the KILLED parent finished on resume
+    validation = runs[runs["tags.split"] == "validation"]
+    assert len(validation) == len(set(validation["tags.aar_key"])) == sum(len(s.split(",")) for s in results["seeds"])
+
+
+# --------------------------------------------------------------------------- the lock itself
+
+
+def test_a_live_driver_holds_the_campaign_and_a_dead_one_frees_it(tmp_path, monkeypatch):
+    from aar_ray.campaign import lock as lock_module
+    from aar_ray.campaign.lock import CampaignLock, CampaignRunning
+
+    monkeypatch.setattr(lock_module, "HEARTBEAT_S", 0.1)
+    path = tmp_path / "campaigns" / "c"
+    first = CampaignLock(path, "c").acquire()
+    beat = json.loads((path / "lock.json").read_text())["heartbeat"]
+    time.sleep(0.5)
+    assert json.loads((path / "lock.json").read_text())["heartbeat"] > beat  # the heartbeat runs
+    with pytest.raises(CampaignRunning, match=rf"campaign 'c' is running \(driver pid {os.getpid()} on "):
+        CampaignLock(path, "c").acquire()
+    first.release()
+    assert not path.exists()  # a campaign that never started leaves nothing
+
+    # a driver killed with SIGKILL: its pid is gone, the lock is free at once on this machine
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    stale = CampaignLock(path, "c")
+    stale.record["pid"] = dead.pid
+    path.mkdir(parents=True)
+    stale._replace()
+    with CampaignLock(path, "c") as taker:
+        assert json.loads((path / "lock.json").read_text())["owner"] == taker.owner
+
+
+def test_a_lock_from_another_machine_is_trusted_until_its_heartbeat_stops(tmp_path, monkeypatch):
+    from aar_ray.campaign import lock as lock_module
+    from aar_ray.campaign.lock import CampaignLock, CampaignRunning
+
+    path = tmp_path / "c"
+    path.mkdir()
+    remote = CampaignLock(path, "c")
+    remote.record.update(host="node-7", pidns="another-machine", pid=1)
+    remote._replace()
+    with pytest.raises(CampaignRunning, match="on node-7"):
+        CampaignLock(path, "c").acquire()
+    monkeypatch.setattr(lock_module, "STALE_S", 0.2)  # its heartbeat has stopped for STALE_S
+    time.sleep(0.3)
+    with CampaignLock(path, "c") as taker:
+        assert json.loads((path / "lock.json").read_text())["owner"] == taker.owner
 
 
 def _results(db, campaign):

@@ -1,5 +1,9 @@
-"""`aar` end to end in subprocesses: import, sweep on a local Ray, MLflow records, holdout."""
+"""`aar` end to end in subprocesses: import, sweep on a local Ray, MLflow records, holdout.
 
+Every command gets the same home through $AAR_HOME (as a user's shell would), and runs from a
+directory of its own, so the tests also show that nothing depends on the working directory."""
+
+import argparse
 import os
 import subprocess
 import sys
@@ -9,13 +13,17 @@ import pandas as pd
 import pytest
 
 from conftest import SMALL, write_jsonl_folder
+from aar_ray.cli import build_parser, parse_seeds
 from aar_ray.testbeds.embedded import generate
 
 
-def aar(*args, cwd, check=True):
+def aar(*args, cwd, check=True, home=None):
     env = {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
     env.pop("RAY_ADDRESS", None)
     env.pop("MLFLOW_TRACKING_URI", None)
+    env.pop("AAR_HOME", None)
+    if home is not None:
+        env["AAR_HOME"] = str(home)
     proc = subprocess.run([sys.executable, "-m", "aar_ray.cli", *args], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=600)
     if check and proc.returncode != 0:
@@ -25,10 +33,21 @@ def aar(*args, cwd, check=True):
 
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory):
+    """A checkout-like directory with the data, and the user's aar home ($AAR_HOME) elsewhere."""
     work = tmp_path_factory.mktemp("work")
     write_jsonl_folder(work / "data", generate("taxonomy", seed=3, sizes=SMALL))
-    aar("testbed", "import", "data", "--name", "tax", cwd=work)
+    aar("testbed", "import", "data", "--name", "tax", cwd=work, home=home_of(work))
     return work
+
+
+def home_of(work):
+    return work.parent / f"{work.name}-aar-home"
+
+
+@pytest.fixture()
+def elsewhere(tmp_path):
+    """Another directory, to run commands from."""
+    return tmp_path
 
 
 def test_help_teaches_the_workflow():
@@ -41,18 +60,21 @@ def test_help_teaches_the_workflow():
 def test_import_errors_are_reported_without_a_traceback(workdir):
     (workdir / "bad").mkdir()
     (workdir / "bad" / "train_label.jsonl").write_text('{"question": "q"}\n')
-    proc = aar("testbed", "import", "bad", "--name", "bad", cwd=workdir, check=False)
+    proc = aar("testbed", "import", "bad", "--name", "bad", cwd=workdir, check=False, home=home_of(workdir))
     assert proc.returncode == 2
     assert "train_label.jsonl:1:" in proc.stderr and "Traceback" not in proc.stderr
-    assert "bad" not in aar("testbed", "list", cwd=workdir).stdout.split()
+    assert "bad" not in aar("testbed", "list", cwd=workdir, home=home_of(workdir)).stdout.split()
 
 
-def test_baseline_sweep_records_every_run_in_mlflow_and_prints_a_leaderboard(workdir):
+def test_baseline_sweep_records_every_run_in_mlflow_and_prints_a_leaderboard(workdir, elsewhere):
     out = aar("baseline", "--testbed", "tax", "--method", "vanilla_w2s", "--method",
               "zero_shot_prior", "--seeds", "1-2", "scorer.baseline_seeds=2",
-              cwd=workdir).stdout
+              cwd=workdir, home=home_of(workdir)).stdout
     assert "zero_shot_prior" in out and "vanilla_w2s" in out
-    mlflow.set_tracking_uri(f"sqlite:///{workdir / 'mlflow.db'}")
+    # the default store follows the home, never the working directory
+    assert not (workdir / "mlflow.db").exists() and not (workdir / "mlartifacts").exists()
+    assert (home_of(workdir) / "mlartifacts").is_dir()
+    mlflow.set_tracking_uri(f"sqlite:///{home_of(workdir) / 'mlflow.db'}")
     runs = mlflow.search_runs(experiment_names=["aar-baselines"], filter_string="tags.aar_kind = 'experiment'")
     assert len(runs) == 4
     assert set(runs["params.method"]) == {"vanilla_w2s", "zero_shot_prior"}
@@ -61,28 +83,58 @@ def test_baseline_sweep_records_every_run_in_mlflow_and_prints_a_leaderboard(wor
     run_id = runs["run_id"].iloc[0]
     predictions = pd.read_parquet(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="predictions.parquet"))
     assert list(predictions.columns) == ["id", "p"] and "label" not in predictions
-    board = aar("leaderboard", cwd=workdir).stdout
+    board = aar("leaderboard", cwd=elsewhere, home=home_of(workdir)).stdout  # from another directory
     assert "tax" in board and "PGR mean ± sd" in board
 
 
 def test_score_holdout_reruns_the_method_on_the_holdout_half(workdir):
     out = aar("score-holdout", "--testbed", "tax", "--method", "zero_shot_prior", "--seeds", "1",
-              cwd=workdir).stdout
+              cwd=workdir, home=home_of(workdir)).stdout
     assert "seed 1: holdout PGR" in out
-    audit = pd.read_json(workdir / ".aar" / "sealed" / "audit.jsonl", lines=True)
+    audit = pd.read_json(home_of(workdir) / "sealed" / "audit.jsonl", lines=True)
     holdout = audit[audit["split"] == "holdout"]
     assert len(holdout) == 1 and set(holdout["submitter"]) == {"operator"}
     # The teacher-ablation control: the prior takes only the teacher's share of True, which a
     # shuffle keeps, so its PGR does not move.
     shuffled = aar("score-holdout", "--testbed", "tax", "--method", "zero_shot_prior", "--seeds", "1",
-                   "--shuffle-teacher", cwd=workdir).stdout
+                   "--shuffle-teacher", cwd=workdir, home=home_of(workdir)).stdout
     assert shuffled.splitlines()[-1] == out.splitlines()[-1]
-    mlflow.set_tracking_uri(f"sqlite:///{workdir / 'mlflow.db'}")
+    mlflow.set_tracking_uri(f"sqlite:///{home_of(workdir) / 'mlflow.db'}")
     runs = mlflow.search_runs(experiment_names=["aar-holdout"])
     assert sorted(runs["tags.ablation"].fillna("none")) == ["none", "shuffled_teacher"]
     assert set(runs["params.shuffle_teacher"]) == {"False", "True"}
 
 
 def test_bad_method_name_fails_before_any_work(workdir):
-    proc = aar("baseline", "--method", "majority_vote", cwd=workdir, check=False)
+    proc = aar("baseline", "--method", "majority_vote", cwd=workdir, check=False, home=home_of(workdir))
     assert proc.returncode == 2 and "allowed: vanilla_w2s" in proc.stderr
+
+
+def test_a_relative_home_is_taken_from_where_the_command_was_typed(workdir, elsewhere):
+    aar("testbed", "import", str(workdir / "data"), "--name", "rel", "--home", "state", cwd=elsewhere)
+    assert (elsewhere / "state" / "testbeds" / "rel").is_dir()
+    assert "rel" in aar("testbed", "list", "--home", str(elsewhere / "state"), cwd=workdir).stdout.split()
+
+
+@pytest.mark.parametrize("text, message", [
+    ("5-1", "runs backwards; write 1-5"),
+    ("1--3", "use a range like 1-5"),
+    ("0-0", "seeds start at 1"),
+    ("0", "seeds start at 1"),
+    ("-2", "use a range like 1-5"),
+    ("1,", "use a range like 1-5"),
+    ("a-b", "use a range like 1-5"),
+    ("1-3,2", "seed 2 is listed twice"),
+])
+def test_bad_seed_ranges_are_refused(text, message, capsys):
+    with pytest.raises(argparse.ArgumentTypeError, match=message):
+        parse_seeds(text)
+    with pytest.raises(SystemExit) as exit_:  # as `aar baseline --seeds ...` sees it: no run
+        build_parser().parse_args(["baseline", "--seeds", text])
+    assert exit_.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_good_seed_ranges():
+    assert parse_seeds("1-5") == [1, 2, 3, 4, 5]
+    assert parse_seeds("2") == [2] and parse_seeds("1,3,7") == [1, 3, 7]
+    assert parse_seeds("1-2, 7") == [1, 2, 7]

@@ -76,7 +76,7 @@ def ids(paths):
 
 def test_cluster_files_present():
     assert {p.name for p in LAUNCHER_FILES} >= {"aws.yaml", "gcp.yaml", "local.yaml"}
-    assert {p.name for p in KUBERAY_FILES} >= {"kuberay.yaml", "kuberay-mlflow.yaml"}
+    assert {p.name for p in KUBERAY_FILES} >= {"kuberay.yaml", "kuberay-mlflow.yaml", "kuberay-storage.yaml"}
 
 
 @pytest.mark.parametrize("path", LAUNCHER_FILES, ids=ids(LAUNCHER_FILES))
@@ -158,6 +158,59 @@ def test_project_install_and_mlflow_start(path):
     for key in ("head_start_ray_commands", "worker_start_ray_commands"):
         start = " ".join(config[key])
         assert "RAY_AUTH_MODE=token" in start and "MLFLOW_TRACKING_URI=" in start, key
+
+
+SHARED_HOME = "/mnt/aar"
+CLUSTER_README = CLUSTERS / "README.md"
+
+
+@pytest.mark.parametrize("path", LAUNCHER_FILES, ids=ids(LAUNCHER_FILES))
+def test_every_node_keeps_state_on_the_shared_home(path):
+    """Ray (and so every job and task) starts with AAR_HOME on a mount every node has."""
+    config = load(path)
+    for key in ("head_start_ray_commands", "worker_start_ray_commands"):
+        start = " ".join(config[key])
+        assert f"AAR_HOME={SHARED_HOME}" in start, key
+        assert start.index("AAR_HOME=") < start.index("ray start"), f"{key}: export it before `ray start`"
+    mounts = " ".join(config.get("initialization_commands", []) + config.get("setup_commands", []))
+    assert re.search(rf"mount -t nfs4? .* {SHARED_HOME}", mounts), "the home must be mounted"
+    assert f"mountpoint -q {SHARED_HOME}" in mounts  # running `ray up` again does not mount twice
+    if "docker" in config:
+        assert f"-v {SHARED_HOME}:{SHARED_HOME}" in config["docker"]["run_options"]
+
+
+@pytest.mark.parametrize("path", LAUNCHER_FILES, ids=ids(LAUNCHER_FILES))
+def test_the_api_key_comes_from_outside_the_repository(path):
+    config = load(path)
+    assert config["file_mounts"]["~/aar_secrets"].startswith("~/.config/"), "secrets live outside the repo"
+    for key in ("head_start_ray_commands", "worker_start_ray_commands"):
+        start = " ".join(config[key])
+        assert 'ANTHROPIC_API_KEY="$(cat ~/aar_secrets/anthropic_api_key)"' in start, key
+
+
+def test_no_secret_values_in_the_cluster_files():
+    for path in CLUSTERS.rglob("*"):
+        if path.is_file():
+            text = path.read_text(errors="ignore")
+            assert not re.search(r"sk-ant-[\w-]{8,}|ANTHROPIC_API_KEY\s*[:=]\s*['\"]?sk-", text), path
+
+
+@pytest.mark.parametrize("path", CLOUD_FILES, ids=ids(CLOUD_FILES))
+def test_cloud_heads_run_a_cpu_image_with_cpu_torch(path):
+    config = load(path)
+    assert config["docker"]["head_image"].endswith("-cpu")
+    assert config["docker"]["worker_image"].endswith("-gpu")
+    head_setup = config["head_setup_commands"]
+    cpu_torch = [i for i, c in enumerate(head_setup) if "download.pytorch.org/whl/cpu" in c]
+    project = [i for i, c in enumerate(head_setup) if "pip install -q -e ." in c]
+    assert cpu_torch and project and cpu_torch[0] < project[0], "CPU torch before the project"
+
+
+def test_the_gpu_driver_that_vllm_needs_is_stated():
+    text = " ".join(CLUSTER_README.read_text().split())
+    assert "CUDA 13.0" in text and "R580" in text
+    for path in [*CLOUD_FILES, CLUSTERS / "local.yaml", CLUSTERS / "kuberay.yaml", DOCKERFILE]:
+        assert "R580" in path.read_text(), path
 
 
 # Each mutation breaks a real config in a way `ray up` must reject before launching anything.
@@ -280,6 +333,34 @@ def test_raycluster_shape():
         assert custom[marker] == gpus
         markers_seen.add(marker)
     assert markers_seen == POOL_MARKERS
+
+
+def test_raycluster_pods_share_the_home_and_take_the_key_from_a_secret():
+    docs = kuberay_documents()
+    (claim,) = [d for d in docs if d["kind"] == "PersistentVolumeClaim" and d["metadata"]["name"] == "aar-home"]
+    assert claim["spec"]["accessModes"] == ["ReadWriteMany"]
+    (rc,) = [d for d in docs if d["kind"] == "RayCluster"]
+    for pod in pod_specs(rc):
+        volumes = {v["name"]: v for v in pod["volumes"]}
+        assert volumes["aar-home"]["persistentVolumeClaim"]["claimName"] == "aar-home"
+        for c in pod["containers"]:
+            env = {e["name"]: e for e in c["env"]}
+            assert env["AAR_HOME"]["value"] == SHARED_HOME, c["name"]
+            assert {"name": "aar-home", "mountPath": SHARED_HOME} in c["volumeMounts"], c["name"]
+            key = env["ANTHROPIC_API_KEY"]
+            assert "value" not in key and key["valueFrom"]["secretKeyRef"]["name"] == "aar-anthropic"
+
+
+def test_the_kuberay_head_is_a_cpu_image_built_from_a_cpu_base():
+    (rc,) = [d for d in kuberay_documents() if d["kind"] == "RayCluster"]
+    head_image = rc["spec"]["headGroupSpec"]["template"]["spec"]["containers"][0]["image"]
+    name = head_image.rpartition(":")[0].rpartition("/")[2]
+    assert name == "aar-ray-cpu"
+    text = DOCKERFILE.read_text()
+    assert re.search(rf"^FROM rayproject/ray:{re.escape(RAY_VERSION)}-py311-cpu AS ray-cpu$", text, re.M)
+    assert f"--target ray-cpu -t REGISTRY/aar/{name}:" in text
+    stage = text.split("AS ray-cpu", 1)[1].split("FROM ", 1)[0]
+    assert "download.pytorch.org/whl/cpu" in stage and "[gpu]" not in stage
 
 
 def test_kuberay_images_are_pinned():

@@ -64,3 +64,34 @@ def test_records_are_spooled_while_the_server_is_down_and_written_once_it_is_bac
         assert tracker.flush_spool() == 0
     finally:
         _stop(server)
+
+
+def test_the_default_store_and_spool_follow_the_home_not_the_working_directory(tmp_path, monkeypatch):
+    from aar_ray.tracking import resolve_tracking_uri
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.setenv("AAR_HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path)
+    assert resolve_tracking_uri() == f"sqlite:///{tmp_path / 'home' / 'mlflow.db'}"
+    assert resolve_tracking_uri(None, "/srv/aar") == "sqlite:////srv/aar/mlflow.db"
+    tracker = Tracker(resolve_tracking_uri(), "here")
+    assert tracker.spool == tmp_path / "home" / "tracking-spool" / "here"
+    assert tracker.client.get_experiment(tracker.experiment_id).artifact_location == \
+        (tmp_path / "home" / "mlartifacts").as_uri()
+    assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "mlruns").exists()
+
+
+def test_an_interrupted_commands_runs_end_killed_and_are_replaced_on_resume(tmp_path):
+    tracker = Tracker(f"sqlite:///{tmp_path / 'mlflow.db'}", "interrupt", spool_dir=tmp_path / "spool")
+    before = tracker.client.create_run(tracker.experiment_id).info.run_id  # someone else's, earlier
+    time.sleep(0.01)
+    started = time.time()
+    parent = tracker.start_parent("campaign-x", {})
+    cut = tracker.client.create_run(tracker.experiment_id, tags={"aar_key": "x/r/1/1"}).info.run_id
+    assert tracker.mark_killed(started, [parent]) == 2
+    status = {r: tracker.client.get_run(r).info.status for r in (before, parent, cut)}
+    assert status == {before: "RUNNING", parent: "KILLED", cut: "KILLED"}
+    # on resume: the KILLED record under the key is replaced in full, the parent runs again
+    assert tracker.find_run("x/r/1/1") is None and not _log(tracker, "x/r/1/1").startswith("pending:")
+    tracker.reopen_parent(parent)
+    assert tracker.client.get_run(parent).info.status == "RUNNING"

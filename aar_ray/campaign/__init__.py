@@ -7,13 +7,23 @@ generalisation check and a report.
                           ->  generalisation: top-k ideas re-run on holdout and held-out testbeds
                           ->  report (MLflow artifacts + a Markdown file)
 Everything a researcher does is checkpointed, so `resume=True` with the same name continues a
-campaign whose driver died, without repeating or losing an experiment.
+campaign whose driver died, without repeating or losing an experiment. Its state lives in the
+aar home (`<home>/campaigns/<name>/`, absolute), never in the driver's working directory, so a
+campaign started by one Ray job is resumed by another, from any directory or node. One driver
+at a time: a second one is refused before any set-up (`lock.CampaignLock`). An interrupted
+driver (Ctrl-C, SIGTERM from `ray job stop`) stops its researchers, marks the MLflow runs it
+left RUNNING as KILLED and raises `CampaignInterrupted`; `--resume` continues.
 """
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import json
+import logging
 import os
+import signal
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -24,7 +34,8 @@ import yaml
 from aar_ray.agents.researcher import BackendConfig, Researcher, ResearcherConfig, ResearcherLimits
 from aar_ray.agents.budget import Budget
 from aar_ray.agents.tools import ToolContext
-from aar_ray.config import TrackingConfig
+from aar_ray.campaign.lock import CampaignLock, CampaignRunning
+from aar_ray.config import TrackingConfig, resolve_locations
 from aar_ray.experiments.sweep import connect_ray, prepare
 from aar_ray.forum import Forum, default_url
 from aar_ray.models import StudentConfig, TeacherConfig, release_student_pool
@@ -32,6 +43,11 @@ from aar_ray.scoring import ScorerConfig, scorer_actor
 from aar_ray.tracking import Tracker
 
 CONF = Path(__file__).resolve().parents[2] / "conf"
+log = logging.getLogger(__name__)
+
+
+class CampaignInterrupted(Exception):
+    """The driver was interrupted; its state is checkpointed and `--resume` continues."""
 
 
 @dataclass
@@ -56,7 +72,7 @@ class CampaignLimits:
 @dataclass
 class CampaignConfig:
     name: str = "laptop"
-    home: str = ".aar"
+    home: str = ""  # the storage root; empty: $AAR_HOME, else ~/.aar (see aar_ray.config.resolve_home)
     testbed: str = "taxonomy"  # where researchers work and are scored
     heldout_testbeds: list[str] = field(default_factory=lambda: ["sentiment", "preference"])
     researchers: int = 3
@@ -148,7 +164,7 @@ class ResearcherActor:
     answers in rounded PGR, and its ideas run as sandboxed experiment tasks."""
 
     def __init__(self, rc: ResearcherConfig, config: CampaignConfig, parent_run_id: str):
-        home = str(Path(config.home).resolve())
+        home = config.home  # absolute: resolved once by the driver
         state_dir = campaign_dir(config) / "researchers" / rc.name
         tools = ToolContext(
             researcher=rc.name, campaign=config.name, testbed=config.testbed, home=home,
@@ -176,7 +192,9 @@ def _campaign_run(tracker: Tracker, config: CampaignConfig, path: Path) -> str:
     """The campaign's MLflow parent run, created once and reused on resume."""
     marker = path / "mlflow_run_id"
     if marker.exists():
-        return marker.read_text().strip()
+        run_id = marker.read_text().strip()
+        tracker.reopen_parent(run_id)  # KILLED by an interrupted driver: running again
+        return run_id
     run_id = tracker.start_parent(f"campaign-{config.name}", {
         "testbed": config.testbed, "heldout": ",".join(config.heldout_testbeds),
         "researchers": config.researchers, "backend": config.backend.kind})
@@ -200,37 +218,54 @@ def run_researchers(config: CampaignConfig, parent_run_id: str, forum: Forum, pr
     statuses = []
     expected = config.researchers * (config.researcher_limits.max_experiments or 0) or None
     bar = tqdm(total=expected, desc="experiments", unit="exp", disable=not progress)
-    while pending and time.time() < deadline:
-        done, _ = ray.wait(list(pending), num_returns=1, timeout=min(5.0, max(0.0, deadline - time.time())))
-        results = forum.results()
-        bar.update(len(results) - bar.n)
-        gpu_hours = sum(r["gpu_seconds"] or 0.0 for r in results) / 3600
-        if config.limits.gpu_hours is not None and gpu_hours >= config.limits.gpu_hours:
-            set_control(config.home, config.name, "stop")  # researchers stop at their next step
-        if results:
-            bar.set_postfix_str(f"best PGR {max(r['pgr'] for r in results):.2f}")
-        for ref in done:
-            pending.pop(ref)
-            try:
-                statuses.append(ray.get(ref))
-            except ray.exceptions.RayError as err:
-                statuses.append({"stopped": f"failed: {err}"})
-    bar.close()
+    try:
+        while pending and time.time() < deadline:
+            done, _ = ray.wait(list(pending), num_returns=1, timeout=min(5.0, max(0.0, deadline - time.time())))
+            results = forum.results()
+            bar.update(len(results) - bar.n)
+            gpu_hours = sum(r["gpu_seconds"] or 0.0 for r in results) / 3600
+            if config.limits.gpu_hours is not None and gpu_hours >= config.limits.gpu_hours:
+                set_control(config.home, config.name, "stop")  # researchers stop at their next step
+            if results:
+                bar.set_postfix_str(f"best PGR {max(r['pgr'] for r in results):.2f}")
+            for ref in done:
+                pending.pop(ref)
+                try:
+                    statuses.append(ray.get(ref))
+                except ray.exceptions.RayError as err:
+                    statuses.append({"stopped": f"failed: {err}"})
+    finally:  # also when interrupted: no researcher outlives its driver's loop
+        bar.close()
+        for actor in actors:
+            ray.kill(actor)
     statuses += [{"stopped": "wall-clock cap"} for _ in pending]  # checkpointed: resume continues
-    for actor in actors:
-        ray.kill(actor)
     return statuses
 
 
 def run_campaign(config: CampaignConfig, resume: bool = False, progress: bool = True) -> dict:
+    """Run (or with `resume`, continue) a campaign; see the module docstring. Raises
+    CampaignRunning, before any set-up, while another driver runs the same campaign."""
+    config = copy.deepcopy(config)
+    resolve_locations(config)  # absolute home and stores, whoever built the config
+    path = campaign_dir(config)
+    existed = path.exists()
+    started = time.time()
+    with CampaignLock(path, config.name):
+        if existed and not resume:
+            raise FileExistsError(f"campaign {config.name!r} exists under {path}; pass --resume to continue "
+                                  "it or choose another name")
+        state: dict = {}
+        try:
+            return _run_locked(config, path, started, state, progress)
+        except KeyboardInterrupt:
+            raise CampaignInterrupted(_interrupted(config, state, started)) from None
+
+
+def _run_locked(config: CampaignConfig, path: Path, started: float, state: dict, progress: bool) -> dict:
     from aar_ray.campaign.generalisation import generalisation_check
     from aar_ray.campaign.report import write_report
     from aar_ray.config import BaselineConfig
 
-    path = campaign_dir(config)
-    if path.exists() and not resume:
-        raise FileExistsError(f"campaign {config.name!r} exists under {path}; pass --resume to continue "
-                              "it or choose another name")
     connect_ray()
     gpus = ray.cluster_resources().get("GPU", 0)
     if config.experiment_gpus > gpus and not os.environ.get("RAY_ADDRESS"):
@@ -240,14 +275,41 @@ def run_campaign(config: CampaignConfig, resume: bool = False, progress: bool = 
     testbeds = [config.testbed, *config.heldout_testbeds]
     prepare(BaselineConfig(home=config.home, testbeds=testbeds, seeds=sorted(set(config.generalisation.seeds) | {1, 2, 3, 4, 5}),
                            student=config.student, teacher=config.teacher, scorer=config.scorer), scorer, progress)
-    tracker = Tracker(config.tracking.uri or None, experiment_name(config), Path(config.home) / "tracking-spool")
-    parent = _campaign_run(tracker, config, path)
+    tracker = state["tracker"] = Tracker(config.tracking.uri, experiment_name(config), Path(config.home) / "tracking-spool")
+    parent = state["parent"] = _campaign_run(tracker, config, path)
     (path / "config.json").write_text(json.dumps(asdict(config), indent=2))
-    started = time.time()
-    forum = Forum(config.forum_url or default_url(Path(config.home).resolve()), config.name)
+    forum = Forum(config.forum_url or default_url(config.home), config.name)
     statuses = run_researchers(config, parent, forum, progress)
     table = generalisation_check(config, forum, tracker, parent)
     release_student_pool(config.student)  # the shared inference pool's GPUs go back to the cluster
     tracker.flush_spool()  # records spooled while the tracking server was away
     report = write_report(config, forum, tracker, parent, statuses, table, time.time() - started)
     return {"researchers": statuses, "generalisation": table, "report": str(report)}
+
+
+def _interrupted(config: CampaignConfig, state: dict, started: float) -> str:
+    """After Ctrl-C: researchers are already stopped (run_researchers); give the inference pool
+    back and end the MLflow runs this driver left RUNNING. Returns the line to show."""
+    main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN) if main else None  # a second Ctrl-C must not cut this short
+    try:
+        killed = 0
+        with _quietly("release the inference pool"):
+            release_student_pool(config.student)
+        tracker = state.get("tracker")
+        if tracker is not None:
+            with _quietly("mark MLflow runs KILLED"):
+                killed = tracker.mark_killed(started, [state["parent"]] if state.get("parent") else [])
+    finally:
+        if main:
+            signal.signal(signal.SIGINT, previous)
+    return (f"campaign {config.name!r} interrupted; {killed} MLflow run(s) left running marked KILLED; "
+            f"continue with the same command and --resume")
+
+
+@contextlib.contextmanager
+def _quietly(what: str):
+    try:
+        yield
+    except Exception as err:  # cleanup after an interrupt is best effort
+        log.warning("after the interrupt, could not %s: %s", what, err)

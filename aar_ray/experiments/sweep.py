@@ -8,7 +8,9 @@ Ray tasks, score and record each as it finishes, and return the leaderboard.
 from __future__ import annotations
 
 import os
+import signal
 import tempfile
+import threading
 from dataclasses import asdict
 from pathlib import Path
 
@@ -30,12 +32,18 @@ def connect_ray(num_cpus: int | None = None) -> None:
     """Join the cluster in RAY_ADDRESS, or start a local one sized to this machine."""
     if ray.is_initialized():
         return
+    # ray.init replaces the SIGTERM handler with a plain sys.exit; a command that made SIGTERM
+    # (`ray job stop`) an interrupt, to end its MLflow runs and give back its campaign, keeps it.
+    main = threading.current_thread() is threading.main_thread()
+    ours = signal.getsignal(signal.SIGTERM) if main else None
     if os.environ.get("RAY_ADDRESS"):
         ray.init(namespace="aar")
     else:
         # address="local": always a fresh instance here, never some other cluster on this machine
         ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, namespace="aar",
                  log_to_driver=False)
+    if callable(ours):
+        signal.signal(signal.SIGTERM, ours)
 
 
 # A worker or node that dies mid-run is retried (the experiment is pure: same spec, same answer);

@@ -1,9 +1,12 @@
 """Tracking: every experiment is an MLflow run; the leaderboard is a query over those runs.
 
-The store is `--tracking-uri`, else `MLFLOW_TRACKING_URI`, else `sqlite:///mlflow.db` in the
-working directory (artifacts beside it in `mlartifacts/`). `aar ui` opens the MLflow UI on it.
+The store is `--tracking-uri`, else `MLFLOW_TRACKING_URI`, else `sqlite:///<home>/mlflow.db`
+in the aar home (artifacts beside it in `<home>/mlartifacts/`), never the working directory: a
+Ray job's working directory is a temporary copy. `aar ui` opens the MLflow UI on it.
 When the store cannot be reached (a tracking server restarting), an experiment's record is
 spooled to disk and written on a later call, so a campaign never stops or loses a record for it.
+A command that is interrupted ends the runs it left RUNNING as KILLED (`mark_killed`); a later
+record under the same key replaces such a run.
 """
 
 from __future__ import annotations
@@ -27,19 +30,39 @@ log = logging.getLogger(__name__)
 DEFAULT_DB = "mlflow.db"
 
 
-def resolve_tracking_uri(uri: str | None = None) -> str:
+# Runs in these states were cut off (a store that went down mid-write, an interrupted command):
+# a record under the same key replaces them instead of being dropped as a duplicate.
+CUT_OFF = ("RUNNING", "KILLED")
+
+
+def resolve_tracking_uri(uri: str | None = None, home: str | None = None) -> str:
+    """`uri`, else `$MLFLOW_TRACKING_URI`, else the home's sqlite store (`home` empty: the
+    default home, `$AAR_HOME` or `~/.aar`)."""
     if uri:
         return uri
     if os.environ.get("MLFLOW_TRACKING_URI"):
         return os.environ["MLFLOW_TRACKING_URI"]
-    return f"sqlite:///{Path.cwd() / DEFAULT_DB}"
+    from aar_ray.config import resolve_home
+
+    return f"sqlite:///{Path(resolve_home(home)) / DEFAULT_DB}"
+
+
+def _sqlite_path(uri: str) -> Path | None:
+    return Path(uri.removeprefix("sqlite:///")) if uri.startswith("sqlite:///") else None
 
 
 def _artifact_root(uri: str) -> str | None:
     """A sqlite store keeps its artifacts next to the database file; servers choose their own."""
-    if uri.startswith("sqlite:///"):
-        return (Path(uri.removeprefix("sqlite:///")).parent / "mlartifacts").as_uri()
-    return None
+    path = _sqlite_path(uri)
+    return (path.parent / "mlartifacts").as_uri() if path else None
+
+
+def _default_spool(uri: str) -> Path:
+    """Beside a sqlite store (the home's, by default); for a server, in the default home."""
+    from aar_ray.config import resolve_home
+
+    path = _sqlite_path(uri)
+    return (path.parent if path else Path(resolve_home())) / "tracking-spool"
 
 
 class Tracker:
@@ -52,7 +75,7 @@ class Tracker:
             os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
             os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
         self.client = MlflowClient(self.uri)
-        self.spool = Path(spool_dir or Path(".aar") / "tracking-spool").resolve() / experiment
+        self.spool = Path(spool_dir or _default_spool(self.uri)).resolve() / experiment
         found = self.client.get_experiment_by_name(experiment)
         self.experiment_id = found.experiment_id if found else \
             self.client.create_experiment(experiment, artifact_location=_artifact_root(self.uri))
@@ -137,9 +160,9 @@ class Tracker:
         cannot be reached, unless raise_errors)."""
         try:
             found = self.client.search_runs([self.experiment_id], f"tags.aar_key = '{key}'", max_results=1)
-            if found and found[0].info.status == "RUNNING":
-                # A record cut off half-way (the store went down mid-write): replace it, so the
-                # spooled copy is written in full instead of being dropped as a duplicate.
+            if found and found[0].info.status in CUT_OFF:
+                # A record cut off half-way (the store went down mid-write, the command was
+                # interrupted): replace it, so the record is written in full, not dropped.
                 self.client.delete_run(found[0].info.run_id)
                 return None
         except Exception:
@@ -164,6 +187,22 @@ class Tracker:
         for path in artifacts:
             self.client.log_artifact(run_id, str(path))
         self.client.set_terminated(run_id, "FINISHED")
+
+    def reopen_parent(self, run_id: str) -> None:
+        """A resumed sweep or campaign: its parent run is RUNNING again until it finishes."""
+        self.client.update_run(run_id, status="RUNNING")
+
+    def mark_killed(self, since: float, run_ids: list[str] = ()) -> int:
+        """End as KILLED the runs an interrupted command left RUNNING: this experiment's runs
+        started at or after `since` (epoch seconds) and the given ones. Returns how many."""
+        since_ms = int(since * 1000)
+        running = self.client.search_runs([self.experiment_id], "attributes.status = 'RUNNING'",
+                                          max_results=10000)
+        ids = {r.info.run_id for r in running if r.info.start_time >= since_ms}
+        ids |= {r.info.run_id for r in running if r.info.run_id in set(run_ids)}
+        for run_id in ids:
+            self.client.set_terminated(run_id, "KILLED")
+        return len(ids)
 
     def runs(self, parent_run_id: str | None = None) -> pd.DataFrame:
         """Experiment runs of this experiment (of one sweep when parent_run_id is given)."""
