@@ -332,13 +332,15 @@ COMMANDS = {"campaign": cmd_campaign, "disqualify": cmd_disqualify, "report": cm
 
 
 def main(argv: list[str] | None = None) -> int:
+    from aar_ray.agents.preflight import PreflightError
     from aar_ray.scoring import ScoreError
     from aar_ray.testbeds import TestbedError
 
     args = build_parser().parse_args(argv)
     try:
         return COMMANDS[args.command](args)
-    except (ConfigError, TestbedError, ScoreError, FileExistsError, FileNotFoundError, ValueError) as err:
+    except (ConfigError, TestbedError, ScoreError, PreflightError, FileExistsError, FileNotFoundError,
+            ValueError) as err:
         print(f"aar {args.command}: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -308,3 +308,24 @@ def test_an_experiment_whose_worker_keeps_dying_is_recorded_as_an_error_not_a_cr
 
     result, score, error = finish(dies.remote(), scorer=None, submitter="r0", spec=None)
     assert result is None and score == {} and "worker died" in error and "nothing was scored" in error
+
+
+def test_a_campaign_on_an_unreachable_open_model_server_is_refused_before_any_set_up(tmp_path):
+    """Pre-flight runs first: no Ray, no testbed, no researcher is started for a server that is
+    not there, and the message says what was checked."""
+    import socket
+
+    from aar_ray.agents.preflight import PreflightError
+    from aar_ray.agents.researcher import BackendConfig
+    from aar_ray.campaign import run_campaign
+
+    with socket.socket() as closed:  # a port nothing listens on
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    config = CampaignConfig(name="no-server", home=str(tmp_path / "home"), backend=BackendConfig(
+        kind="openai", model="m", base_url=f"http://127.0.0.1:{port}/v1", startup_timeout_s=1.0))
+    started = time.monotonic()
+    with pytest.raises(PreflightError, match=f"127.0.0.1:{port}"):
+        run_campaign(config, progress=False)
+    assert time.monotonic() - started < 30
+    assert not (tmp_path / "home" / "testbeds").exists()

@@ -33,6 +33,7 @@ import yaml
 
 from aar_ray.agents.researcher import BackendConfig, Researcher, ResearcherConfig, ResearcherLimits
 from aar_ray.agents.budget import Budget
+from aar_ray.agents.preflight import preflight
 from aar_ray.agents.tools import ToolContext
 from aar_ray.campaign.lock import CampaignLock, CampaignRunning
 from aar_ray.config import TrackingConfig, resolve_locations
@@ -266,6 +267,9 @@ def _run_locked(config: CampaignConfig, path: Path, started: float, state: dict,
     from aar_ray.campaign.report import write_report
     from aar_ray.config import BaselineConfig
 
+    # An open-model server that is down, serves another model or drops tools fails here, in
+    # seconds to minutes, not as researchers that write text until max_steps.
+    preflight(config.backend)
     connect_ray()
     gpus = ray.cluster_resources().get("GPU", 0)
     if config.experiment_gpus > gpus and not os.environ.get("RAY_ADDRESS"):
