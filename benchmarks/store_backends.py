@@ -62,10 +62,11 @@ from pathlib import Path
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from control_plane import TESTBED, import_small_testbed  # noqa: E402  (the same small testbed)
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-TESTBED = "tax-small"
-TESTBED_SIZES = (200, 600, 300)  # train_label, train_unlabel, test: as tests/conftest.py
 FORUM_OPS = ("record_result", "post", "leaderboard", "read_forum")
 RECORD_STAGES = ("scorer", "mlflow_record", "forum_record")
 
@@ -92,20 +93,6 @@ def ratio(a, b):
 
 
 # --------------------------------------------------------------------------- set-up
-
-def import_small_testbed(home: Path) -> None:
-    """A small taxonomy testbed through the real importer, as tests/conftest.py makes it."""
-    from aar_ray.testbeds import import_testbed, list_testbeds
-    from aar_ray.testbeds.embedded import SplitSizes, generate
-
-    if TESTBED in list_testbeds(home):
-        return
-    src = home / f"src-{TESTBED}"
-    src.mkdir(parents=True, exist_ok=True)
-    for split, rows in generate("taxonomy", sizes=SplitSizes(*TESTBED_SIZES)).items():
-        (src / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    import_testbed(src, TESTBED, home)
-
 
 def scorer_config(baseline_seeds: int):
     from aar_ray.scoring import ScorerConfig

@@ -946,19 +946,7 @@ class OpenAICompatibleBackend(_PricedBackend):
 
     def models(self) -> list[dict]:
         """The server's ``GET /models`` entries (vLLM's carry ``max_model_len``)."""
-        def attempt() -> dict:
-            failure: BaseException | None = None
-            try:
-                response = self._http.get(f"{self.base_url}/models", headers=self._headers())
-            except httpx.TimeoutException:
-                failure = TransientError("request timed out")
-            except httpx.TransportError as error:
-                failure = TransientError(f"connection error ({type(error).__name__})")
-            if failure is not None:
-                raise failure
-            return self._body_or_raise(response)
-
-        body = self.retry.call(attempt, what=f"{self.base_url} models")
+        body = self.retry.call(lambda: self._call("GET", "/models"), what=f"{self.base_url} models")
         data = body.get("data") if isinstance(body, Mapping) else None
         return [entry for entry in data or [] if isinstance(entry, Mapping)]
 
@@ -985,10 +973,13 @@ class OpenAICompatibleBackend(_PricedBackend):
         return headers
 
     def _send(self, request: dict) -> dict:
+        return self._call("POST", "/chat/completions", json=request)
+
+    def _call(self, method: str, path: str, **kwargs) -> dict:
+        """One HTTP request to the server; timeouts and connection errors are transient (retried)."""
         failure: BaseException | None = None
         try:
-            response = self._http.post(f"{self.base_url}/chat/completions", json=request,
-                                       headers=self._headers())
+            response = self._http.request(method, f"{self.base_url}{path}", headers=self._headers(), **kwargs)
         except httpx.TimeoutException:
             failure = TransientError("request timed out")
         except httpx.TransportError as error:
