@@ -43,6 +43,7 @@ def test_presets_load_and_validate(preset):
     assert config.researchers >= 3 and config.backend.kind in ("search", "anthropic", "openai")
 
 
+@pytest.mark.slow
 def test_laptop_campaign_runs_checks_generalisation_and_writes_a_report(small_home, tmp_path):
     proc = subprocess.run(aar_command(small_home, tmp_path, "ci"), cwd=tmp_path, env=_env(),
                           capture_output=True, text=True, timeout=900)
@@ -68,6 +69,7 @@ def test_laptop_campaign_runs_checks_generalisation_and_writes_a_report(small_ho
     assert len({Path(t).name.removesuffix(".json") for t in traces}) == 2  # one conversation per researcher
 
 
+@pytest.mark.slow
 def test_killed_driver_resumes_without_losing_or_repeating_experiments(small_home, tmp_path):
     driver = subprocess.Popen(aar_command(small_home, tmp_path, "crash"), cwd=tmp_path, env=_env(),
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
@@ -103,6 +105,7 @@ def _wait_for(condition, what: str, timeout: float = 600, every: float = 0.5):
         time.sleep(every)
 
 
+@pytest.mark.slow
 def test_one_driver_per_campaign_ctrl_c_ends_cleanly_and_resume_continues(small_home, tmp_path):
     """A second driver is refused before any set-up; Ctrl-C (SIGINT to the foreground process
     group, as a terminal sends it) ends the first with one line, no traceback, and no MLflow run
@@ -213,6 +216,7 @@ def _results(db, campaign):
         return pd.read_sql("select * from results where campaign = ?", conn, params=(campaign,))
 
 
+@pytest.mark.slow
 def test_operator_can_pause_stop_and_inspect_a_campaign(small_home, tmp_path):
     from aar_ray.agents.budget import Budget
     from aar_ray.agents.researcher import Researcher, ResearcherConfig
@@ -244,11 +248,13 @@ def _one_researcher_campaign_in_a_thread(name: str, home, tmp_path):
         f"name={name}", *SMALL_CAMPAIGN, "researchers=1", f"home={home}",
         f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}"])
     outcome = {}
-    driver = threading.Thread(target=lambda: outcome.update(run_campaign(config, progress=False)))
+    # daemon: an interrupted pytest must not wait for a campaign nobody will join
+    driver = threading.Thread(target=lambda: outcome.update(run_campaign(config, progress=False)), daemon=True)
     driver.start()
     return driver, outcome
 
 
+@pytest.mark.slow
 def test_a_killed_researcher_actor_restarts_and_resumes_its_work(small_home, tmp_path, local_ray):
     from aar_ray.forum import Forum, default_url
 
@@ -279,6 +285,7 @@ def _kill_a_running_experiment_worker(deadline: float) -> int:
     raise AssertionError("no experiment task was seen running")
 
 
+@pytest.mark.slow
 def test_a_killed_experiment_worker_is_retried_and_counted_once(small_home, tmp_path, local_ray):
     from aar_ray.forum import Forum, default_url
 
@@ -299,6 +306,7 @@ def test_a_killed_experiment_worker_is_retried_and_counted_once(small_home, tmp_
     assert "tags.error" not in runs or runs["tags.error"].isna().all()
 
 
+@pytest.mark.slow
 def test_an_experiment_whose_worker_keeps_dying_is_recorded_as_an_error_not_a_crash(local_ray):
     from aar_ray.experiments.sweep import finish
 
@@ -310,6 +318,7 @@ def test_an_experiment_whose_worker_keeps_dying_is_recorded_as_an_error_not_a_cr
     assert result is None and score == {} and "worker died" in error and "nothing was scored" in error
 
 
+@pytest.mark.slow
 def test_a_campaign_on_an_unreachable_open_model_server_is_refused_before_any_set_up(tmp_path):
     """Pre-flight runs first: no Ray, no testbed, no researcher is started for a server that is
     not there, and the message says what was checked."""

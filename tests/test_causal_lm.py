@@ -26,7 +26,7 @@ def tiny_config(folder, **overrides):
     return CausalLMConfig(**{**settings, **overrides})
 
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_torch_thread")]
 
 
 @pytest.fixture(scope="module")

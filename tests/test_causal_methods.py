@@ -10,7 +10,7 @@ from aar_ray.methods import parse_method
 from aar_ray.models import StudentConfig, TeacherConfig
 from aar_ray.testbeds import load_public
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_torch_thread")]
 STUDENT = StudentConfig(kind="causal_lm", preset="tiny_cpu")
 TEACHER = TeacherConfig(kind="causal_lm", preset="tiny_cpu")
 

@@ -57,6 +57,7 @@ def test_help_teaches_the_workflow():
         assert command in out
 
 
+@pytest.mark.slow
 def test_import_errors_are_reported_without_a_traceback(workdir):
     (workdir / "bad").mkdir()
     (workdir / "bad" / "train_label.jsonl").write_text('{"question": "q"}\n')
@@ -66,6 +67,7 @@ def test_import_errors_are_reported_without_a_traceback(workdir):
     assert "bad" not in aar("testbed", "list", cwd=workdir, home=home_of(workdir)).stdout.split()
 
 
+@pytest.mark.slow
 def test_baseline_sweep_records_every_run_in_mlflow_and_prints_a_leaderboard(workdir, elsewhere):
     out = aar("baseline", "--testbed", "tax", "--method", "vanilla_w2s", "--method",
               "zero_shot_prior", "--seeds", "1-2", "scorer.baseline_seeds=2",
@@ -87,6 +89,7 @@ def test_baseline_sweep_records_every_run_in_mlflow_and_prints_a_leaderboard(wor
     assert "tax" in board and "PGR mean ± sd" in board
 
 
+@pytest.mark.slow
 def test_score_holdout_reruns_the_method_on_the_holdout_half(workdir):
     out = aar("score-holdout", "--testbed", "tax", "--method", "zero_shot_prior", "--seeds", "1",
               cwd=workdir, home=home_of(workdir)).stdout
@@ -105,11 +108,13 @@ def test_score_holdout_reruns_the_method_on_the_holdout_half(workdir):
     assert set(runs["params.shuffle_teacher"]) == {"False", "True"}
 
 
+@pytest.mark.slow
 def test_bad_method_name_fails_before_any_work(workdir):
     proc = aar("baseline", "--method", "majority_vote", cwd=workdir, check=False, home=home_of(workdir))
     assert proc.returncode == 2 and "allowed: vanilla_w2s" in proc.stderr
 
 
+@pytest.mark.slow
 def test_a_relative_home_is_taken_from_where_the_command_was_typed(workdir, elsewhere):
     aar("testbed", "import", str(workdir / "data"), "--name", "rel", "--home", "state", cwd=elsewhere)
     assert (elsewhere / "state" / "testbeds" / "rel").is_dir()

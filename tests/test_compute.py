@@ -19,7 +19,7 @@ ROWS = [{"question": q, "choice": c} for q in ("big", "small") for c in "cat dog
 TARGETS = np.array([float(r["choice"] in ("cat", "dog", "cow")) for r in ROWS])
 
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_torch_thread")]
 
 
 def free_gpus_become(n, timeout=10.0) -> bool:

@@ -315,6 +315,7 @@ def test_a_thousand_steps_in_a_16k_window_stay_bounded_and_resume_after_a_kill_m
           f"{sum(early_b) // len(early_b)} early, {sum(late_b) // len(late_b)} late; {len(summaries)} summaries")
 
 
+@pytest.mark.slow
 def test_the_context_growth_benchmark_prints_one_json_line():
     import subprocess
     import sys

@@ -71,6 +71,7 @@ def test_a_pool_that_could_never_serve_is_refused():
 
 # --------------------------------------------------------------------------- engines
 
+@pytest.mark.slow
 def test_transformers_engine_serves_an_adapter_by_name_like_the_student(tiny, student):
     engine = TransformersEngine(tiny)
     base = CausalLMStudent({"train": ROWS}, tiny).predict_proba("train")
@@ -131,6 +132,7 @@ class FakeVLLM:
                         "vllm.lora.request": types.SimpleNamespace(LoRARequest=lora_request)}
 
 
+@pytest.mark.slow
 def test_vllm_engine_asks_vllm_for_lora_and_label_logprobs(tiny, student, monkeypatch):
     fake = FakeVLLM()
     for name, module in fake.modules.items():
@@ -160,6 +162,7 @@ def test_vllm_engine_asks_vllm_for_lora_and_label_logprobs(tiny, student, monkey
     assert fake.calls[-1][2].lora_int_id != first_id
 
 
+@pytest.mark.slow
 def test_vllm_engine_falls_back_to_top_k_logprobs(tiny, monkeypatch):
     fake = FakeVLLM(supports_logprob_token_ids=False)
     for name, module in fake.modules.items():
@@ -193,6 +196,7 @@ class EchoEngine:
         self.adapters[name] = path
 
 
+@pytest.mark.slow
 def test_pool_grows_with_the_queue_keeps_order_and_shrinks_when_idle(gpu_ray):
     config = PoolConfig(min_replicas=1, max_replicas=2, target_queue_per_replica=2, batch_size=2,
                         num_gpus=1, scale_down_after_s=0)
@@ -211,6 +215,7 @@ def test_pool_grows_with_the_queue_keeps_order_and_shrinks_when_idle(gpu_ray):
         pool.shutdown()
 
 
+@pytest.mark.slow
 def test_an_idle_pool_gives_its_gpus_back_without_another_request(gpu_ray):
     config = PoolConfig(min_replicas=0, max_replicas=1, batch_size=8, num_gpus=1, scale_down_after_s=0.5)
     pool = EnginePool(None, config, engine_factory=EchoEngine)
@@ -223,6 +228,7 @@ def test_an_idle_pool_gives_its_gpus_back_without_another_request(gpu_ray):
         pool.shutdown()
 
 
+@pytest.mark.slow
 def test_new_replicas_get_every_registered_adapter(gpu_ray):
     config = PoolConfig(min_replicas=1, max_replicas=2, target_queue_per_replica=1, batch_size=1,
                         num_gpus=0, scale_down_after_s=60)
@@ -249,6 +255,7 @@ class CrashOnceEngine(EchoEngine):
         return super().score_labels(items, adapter, labels, zero_shot)
 
 
+@pytest.mark.slow
 def test_a_replica_that_dies_is_replaced_and_its_batch_sent_again(gpu_ray, tmp_path):
     pool = EnginePool(None, PoolConfig(min_replicas=1, max_replicas=1, batch_size=1, num_gpus=0),
                       engine_factory=CrashOnceEngine)
@@ -260,6 +267,7 @@ def test_a_replica_that_dies_is_replaced_and_its_batch_sent_again(gpu_ray, tmp_p
         pool.shutdown()
 
 
+@pytest.mark.slow
 def test_tensor_parallel_replica_reserves_its_gpus_in_a_placement_group(gpu_ray):
     pool = EnginePool(None, PoolConfig(min_replicas=1, max_replicas=1, tensor_parallel=2),
                       engine_factory=EchoEngine)
@@ -271,6 +279,7 @@ def test_tensor_parallel_replica_reserves_its_gpus_in_a_placement_group(gpu_ray)
     assert free_gpus_become(2)
 
 
+@pytest.mark.slow
 def test_shared_pool_actor_and_a_real_transformers_replica(gpu_ray, tiny, student):
     pool = start_shared_pool("test-pool", tiny, PoolConfig(engine="transformers", num_gpus=0, batch_size=8))
     try:

@@ -38,6 +38,7 @@ def test_runs_are_deterministic_per_seed_and_differ_across_seeds(small_home):
     assert not np.allclose(a.probs, c.probs)
 
 
+@pytest.mark.slow
 def test_the_student_prior_knows_taxonomy_without_any_label(small_home):
     scorer = Scorer(small_home, ScorerConfig(queries_per_analyst=100, baseline_seeds=2))
     result = run_method(_spec(small_home, "tax-small", "zero_shot_prior"))

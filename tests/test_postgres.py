@@ -26,6 +26,8 @@ import pytest
 from aar_ray.forum import Forum, engine_url
 from aar_ray.forum.postgres import LocalPostgres, PostgresUnavailable, free_port
 
+pytestmark = pytest.mark.slow
+
 ROOT = Path(__file__).resolve().parents[1]
 _names = itertools.count()
 

@@ -15,6 +15,8 @@ from aar_ray.models import StudentConfig
 from aar_ray.scoring import ScorerConfig, scorer_actor
 from aar_ray.tracking import Tracker
 
+pytestmark = pytest.mark.slow
+
 QUICK = StudentConfig()
 
 

@@ -23,6 +23,8 @@ from aar_ray.sandbox import Sandbox, SandboxLimits, check_available, cgroup, dis
 from aar_ray.sandbox.cgroup import NAME_PREFIX, memory_parent
 from aar_ray.sandbox.quota import next_poll
 
+pytestmark = pytest.mark.slow
+
 MIB = 1024 * 1024
 
 

@@ -181,6 +181,7 @@ def test_no_public_file_carries_a_sealed_label(small_home):
         assert "label" not in pd.read_parquet(path).columns
 
 
+@pytest.mark.slow
 def test_scorer_is_one_named_actor_for_the_cluster(local_ray, small_home):
     from aar_ray.scoring import scorer_actor
 
@@ -200,6 +201,7 @@ def test_a_keyed_submission_is_answered_once_and_charged_once_even_after_a_resta
     assert [e["outcome"] for e in scorer.audit_log()[-2:]] == ["scored", "replayed"]
 
 
+@pytest.mark.slow
 def test_a_killed_scorer_restarts_and_keyed_resubmissions_are_not_counted_twice(local_ray, small_home):
     from aar_ray.experiments import ExperimentSpec, MethodResult, score_result
     from aar_ray.scoring import scorer_actor

@@ -16,6 +16,8 @@ from aar_ray.models.artifacts import WeakLabels
 from aar_ray.scoring import ScorerConfig, scorer_actor
 from aar_ray.tracking import Tracker
 
+pytestmark = pytest.mark.slow
+
 
 def test_shuffled_weak_labels_keep_each_splits_share_but_not_its_rows():
     rng = np.random.default_rng(0)

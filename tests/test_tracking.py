@@ -13,6 +13,8 @@ import requests
 
 from aar_ray.tracking import Tracker
 
+pytestmark = pytest.mark.slow
+
 
 def _free_port():
     with socket.socket() as s:

@@ -21,7 +21,7 @@ from aar_ray.models import StudentConfig, TeacherConfig, release_student_pool, s
 from aar_ray.models.causal_lm import CausalLMConfig, CausalLMStudent
 from aar_ray.testbeds import load_public
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_torch_thread")]
 
 
 def write_preset(folder: Path, inference: str) -> str:

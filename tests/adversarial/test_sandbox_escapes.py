@@ -26,6 +26,8 @@ from conftest import SMALL
 from .helpers import (SECRET_PREFIX, SECRET_VARIABLE, SHELL_LIMITS, TESTBED, audit_entries, idea_with_attacks,
                       run_idea, shell, tool)
 
+pytestmark = pytest.mark.slow
+
 # The idea runs every attack, logs which ones got something (1.0) and, if any got labels,
 # submits them: a leak would show as a perfect score.
 EXFILTRATION_IDEA = """

@@ -22,6 +22,8 @@ from aar_ray.testbeds import eval_ids, load_sealed
 
 from .helpers import SCORER, STUDENT, TESTBED
 
+pytestmark = pytest.mark.slow
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
 import label_recovery  # noqa: E402
 
