@@ -1,9 +1,8 @@
-"""LLM backends and budgets, against a local stub server (no real API is ever called)."""
+"""LLM backends, against a local stub server (no real API is ever called)."""
 
 import json
 import logging
 import pickle
-import threading
 import time
 
 import pytest
@@ -20,7 +19,6 @@ from aar_ray.agents.backends import (
     AnthropicBackend,
     Backend,
     BackendRequestError,
-    BudgetedBackend,
     ContextLengthExceeded,
     MissingAPIKeyError,
     OpenAICompatibleBackend,
@@ -39,7 +37,6 @@ from aar_ray.agents.backends import (
     turn_from_openai,
     user_message,
 )
-from aar_ray.agents.budget import Budget, BudgetExceeded, CampaignBudget, Spend
 from aar_ray.agents.backends import httpx  # the anthropic SDK's HTTP client (httpx2), or httpx
 from aar_ray.agents.preflight import PreflightError, preflight
 
@@ -389,122 +386,6 @@ def test_secret_never_leaks(stub, sleep, monkeypatch, caplog):
     logged = "\n".join(r.getMessage() + str(r.args) for r in caplog.records) + caplog.text
     for text in messages + [logged]:
         assert SECRET not in text
-
-
-# ---- budgets ------------------------------------------------------------------------------------
-def test_budget_refuses_before_the_call(stub, sleep, api_key):
-    stub.push(anthropic_message([text_block("never sent")]))
-    backend = claude(stub, sleep)
-    tokens, dollars = backend.estimate_cost(SYSTEM, [user_message("go")], [READ_FILE], 4096)
-    assert tokens > 4096 and dollars >= 4096 * 15.0 / 1e6
-    budget = Budget(max_dollars=dollars / 2)
-    with pytest.raises(BudgetExceeded) as caught:
-        BudgetedBackend(backend, budget).step(SYSTEM, [user_message("go")], [READ_FILE], 4096)
-    assert caught.value.which == "dollars" and caught.value.cap == dollars / 2
-    assert caught.value.used == 0 and caught.value.requested == pytest.approx(dollars)
-    assert stub.requests == []  # refused before anything was sent
-    assert budget.spent == Spend() and budget.committed() == Spend()
-
-
-def test_budget_charges_actual_usage_after_the_call(stub, sleep, api_key):
-    stub.push(anthropic_message([text_block("hi")], input_tokens=40, output_tokens=10,
-                                cache_read_input_tokens=500))
-    budget = Budget(max_tokens=1_000_000, max_dollars=10.0)
-    turn = BudgetedBackend(claude(stub, sleep), budget).step(SYSTEM, [user_message("go")], [], 64)
-    assert budget.spent.tokens == 550 == turn.usage.total_tokens
-    assert budget.spent.dollars == pytest.approx(turn.dollars) and turn.dollars > 0
-    assert budget.committed() == budget.spent  # the reservation is gone
-
-
-def test_failed_call_releases_its_reservation(stub, sleep, api_key):
-    stub.push_error(400)
-    budget = Budget(max_dollars=10.0)
-    with pytest.raises(BackendRequestError):
-        BudgetedBackend(claude(stub, sleep), budget).step(SYSTEM, [user_message("go")], [], 64)
-    assert budget.committed() == Spend()
-
-
-def test_budget_check_charge_and_checkpoint():
-    budget = Budget(max_tokens=100, max_experiments=2, max_agent_hours=1.5, name="r1")
-    budget.check(tokens=100)
-    budget.charge(tokens=60, experiments=1, hours=1.0)
-    with pytest.raises(BudgetExceeded, match=r"r1: tokens budget exceeded: used 60 \+ requested 41"):
-        budget.check(tokens=41)
-    budget.check(tokens=40, experiments=1, hours=0.5)
-    with pytest.raises(BudgetExceeded) as caught:
-        budget.check(experiments=2)
-    assert (caught.value.which, caught.value.used, caught.value.cap) == ("experiments", 1, 2)
-    restored = Budget.from_dict(json.loads(json.dumps(budget.to_dict())))
-    assert restored.spent == budget.spent and restored.caps == budget.caps
-    assert pickle.loads(pickle.dumps(budget)).spent == budget.spent
-    error = pickle.loads(pickle.dumps(caught.value))
-    assert (error.which, error.scope, str(error)) == ("experiments", "r1", str(caught.value))
-    budget.charge(tokens=50)  # charging never refuses; the overshoot exhausts the budget
-    assert budget.exhausted() == "tokens" and budget.remaining()["tokens"] == 0
-
-
-def test_campaign_budget_needs_both_caps_and_aggregates():
-    campaign = CampaignBudget(max_dollars=10.0, per_researcher={"max_dollars": 6.0})
-    campaign.add_researcher("alice")
-    campaign.add_researcher("bob")
-    campaign.add_researcher("carol", max_dollars=1.0)
-    alice, bob, carol = (campaign.for_researcher(n) for n in ("alice", "bob", "carol"))
-    alice.charge(dollars=5.0, tokens=100)
-    with pytest.raises(BudgetExceeded) as own_cap:
-        alice.check(dollars=1.5)  # alice's own cap (6) goes first
-    assert own_cap.value.scope == "alice"
-    bob.charge(dollars=4.0, tokens=50)
-    with pytest.raises(BudgetExceeded) as campaign_cap:
-        bob.check(dollars=1.5)  # within bob's 6, but 9 + 1.5 passes the campaign's 10
-    assert campaign_cap.value.scope == "campaign" and campaign_cap.value.used == 9.0
-    with pytest.raises(BudgetExceeded, match="carol"):
-        carol.reserve(dollars=2.0)
-    assert campaign.total.committed() == campaign.spent  # a refused hold leaves nothing behind
-    assert campaign.spent == Spend(tokens=150, dollars=9.0)
-    by_researcher = campaign.spend_by_researcher()
-    assert sum(s.dollars for s in by_researcher.values()) == campaign.spent.dollars
-    restored = CampaignBudget.from_dict(json.loads(json.dumps(campaign.to_dict())))
-    assert restored.spend_by_researcher() == by_researcher and restored.spent == campaign.spent
-    with pytest.raises(BudgetExceeded):
-        restored.check("bob", dollars=1.5)
-    with pytest.raises(KeyError, match="dave"):
-        campaign.for_researcher("dave")
-
-
-def test_campaign_budget_through_a_budgeted_backend(stub, sleep):
-    campaign = CampaignBudget(max_tokens=100)
-    campaign.add_researcher("alice")
-    stub.push(openai_completion("hi", prompt_tokens=30, completion_tokens=10))
-    backend = BudgetedBackend(open_model(stub, sleep), campaign.for_researcher("alice"))
-    with pytest.raises(BudgetExceeded, match="campaign: tokens"):
-        backend.step(SYSTEM, [user_message("go")], [], max_tokens=16)
-    assert stub.requests == []
-    campaign.total.caps["tokens"] = 10_000
-    backend.step(SYSTEM, [user_message("go")], [], max_tokens=16)
-    assert campaign.spent.tokens == 40 == campaign.researcher_budget("alice").spent.tokens
-
-
-def test_concurrent_reservations_never_pass_a_cap():
-    budget = Budget(max_dollars=1.0)
-    granted = []
-    barrier = threading.Barrier(16)
-
-    def worker():
-        barrier.wait()
-        for _ in range(50):
-            try:
-                hold = budget.reserve(dollars=0.03)
-            except BudgetExceeded:
-                continue
-            granted.append(hold)
-            budget.settle(hold, dollars=0.03)
-
-    threads = [threading.Thread(target=worker) for _ in range(16)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    assert len(granted) == 33 and budget.spent.dollars == pytest.approx(0.99)
 
 
 # ---- what real servers do (the stub's server behaviours) -----------------------------------------

@@ -1,6 +1,6 @@
 """Researcher agents: the LLM backends they think through (a neutral conversation format over
 Claude and any OpenAI-compatible endpoint) and the token/dollar/experiment/hour budgets that
-bound them, per researcher and per campaign."""
+bound each researcher."""
 
 from aar_ray.agents.backends import (
     AnthropicBackend,
@@ -8,7 +8,6 @@ from aar_ray.agents.backends import (
     BackendError,
     BackendRequestError,
     BackendResponseError,
-    BudgetedBackend,
     MissingAPIKeyError,
     OpenAICompatibleBackend,
     Prices,
@@ -22,7 +21,7 @@ from aar_ray.agents.backends import (
     tool_result_message,
     user_message,
 )
-from aar_ray.agents.budget import Budget, BudgetExceeded, CampaignBudget, ResearcherBudget, Spend
+from aar_ray.agents.budget import Budget, BudgetExceeded, Spend
 
 __all__ = [
     "AnthropicBackend",
@@ -32,12 +31,9 @@ __all__ = [
     "BackendResponseError",
     "Budget",
     "BudgetExceeded",
-    "BudgetedBackend",
-    "CampaignBudget",
     "MissingAPIKeyError",
     "OpenAICompatibleBackend",
     "Prices",
-    "ResearcherBudget",
     "RetriesExhausted",
     "RetryPolicy",
     "Spend",

@@ -78,8 +78,8 @@ an error the model can act on, never run and never silently lost.
 Cost
 ----
 Prices per million tokens come from ``conf/prices.yaml`` (`load_price_table`). Before a call,
-``estimate_cost`` gives an upper bound on its tokens and dollars; `BudgetedBackend` reserves that
-bound against a budget (`aar_ray.agents.budget`), so a call that could pass a cap is refused
+``estimate_cost`` gives an upper bound on its tokens and dollars; the researcher checks that
+bound against its budget (`aar_ray.agents.budget`), so a call that could pass a cap is refused
 before any request is sent, and charges the actual usage afterwards.
 """
 
@@ -1033,45 +1033,3 @@ def _not_found_hint(base_url: str, model: str, response) -> str:
     if not base_url.rstrip("/").endswith("/v1"):
         return f" (no such route: backend.base_url usually ends with the API prefix, e.g. {base_url.rstrip('/')}/v1)"
     return ""
-
-
-# ==== paying for calls from a budget =============================================================
-class SpendingLedger(Protocol):
-    """What `BudgetedBackend` needs from a budget (`Budget`, or a campaign's researcher view)."""
-
-    def reserve(self, tokens: int = 0, dollars: float = 0.0, experiments: int = 0,
-                hours: float = 0.0) -> str: ...
-
-    def settle(self, hold_id: str, tokens: int = 0, dollars: float = 0.0, experiments: int = 0,
-               hours: float = 0.0) -> Any: ...
-
-    def release(self, hold_id: str) -> None: ...
-
-
-class BudgetedBackend:
-    """A Backend whose every step is paid for from a budget: the step's upper-bound estimate is
-    reserved first (raising `BudgetExceeded` before any request is sent if that could pass a cap),
-    and once the reply is in, the reservation is replaced by the actual tokens and dollars. A
-    failed call releases its reservation and charges nothing."""
-
-    def __init__(self, backend: Backend, budget: SpendingLedger):
-        self.backend = backend
-        self.budget = budget
-
-    def __repr__(self) -> str:
-        return f"BudgetedBackend({self.backend!r})"
-
-    def estimate_cost(self, system: str, messages: list[dict], tools: list[ToolSpec],
-                      max_tokens: int) -> tuple[int, float]:
-        return self.backend.estimate_cost(system, messages, tools, max_tokens)
-
-    def step(self, system: str, messages: list[dict], tools: list[ToolSpec], max_tokens: int) -> Turn:
-        tokens, dollars = self.backend.estimate_cost(system, messages, tools, max_tokens)
-        hold = self.budget.reserve(tokens=tokens, dollars=dollars)
-        try:
-            turn = self.backend.step(system, messages, tools, max_tokens)
-        except BaseException:
-            self.budget.release(hold)
-            raise
-        self.budget.settle(hold, tokens=turn.usage.total_tokens, dollars=turn.dollars)
-        return turn

@@ -157,7 +157,8 @@ class Researcher:
     def _load(self) -> None:
         limits = self.config.limits
         self.budget = Budget(max_tokens=limits.max_tokens, max_dollars=limits.max_dollars,
-                             max_experiments=limits.max_experiments, max_agent_hours=limits.max_agent_hours)
+                             max_experiments=limits.max_experiments, max_agent_hours=limits.max_agent_hours,
+                             name=self.config.name)
         state = self.checkpoint.load_state()
         self.context.replay(self.checkpoint.records(repair=True))
         if state is not None:
@@ -259,12 +260,19 @@ class Researcher:
         self._window()
         return self.context.fit(system, SPECS, self._summarise, force=force)
 
+    def _paid_step(self, system: str, messages: list[dict], tools: list, max_tokens: int):
+        """Every model call goes through here: refused with `BudgetExceeded` before anything is
+        sent if its upper-bound cost could pass a cap, charged its actual usage once answered."""
+        tokens, dollars = self.backend.estimate_cost(system, messages, tools, max_tokens)
+        self.budget.check(tokens=tokens, dollars=dollars)
+        turn = self.backend.step(system, messages, tools, max_tokens)
+        self.budget.charge(tokens=turn.usage.total_tokens, dollars=turn.dollars)
+        return turn
+
     def _call(self, system: str, max_tokens: int):
-        """One model call, paid for from the budget. `self.sent_chars`: the characters sent."""
-        tokens, dollars = self.backend.estimate_cost(system, self.messages, SPECS, max_tokens)
-        self.budget.check(tokens=tokens, dollars=dollars, hours=0.0)  # refuse before paying
+        """One turn of the conversation. `self.sent_chars`: the characters sent."""
         self.sent_chars = self.context.chars(system, SPECS)
-        return self.backend.step(system, self.messages, SPECS, max_tokens)
+        return self._paid_step(system, self.messages, SPECS, max_tokens)
 
     def _take_turn(self) -> None:
         system = self._system_prompt()
@@ -284,7 +292,6 @@ class Researcher:
                 return
         self.overflows = 0
         self.context.observe(self.sent_chars, turn.usage.prompt_tokens)
-        self.budget.charge(tokens=turn.usage.total_tokens, dollars=turn.dollars)
         extra = {"reasoning": turn.reasoning} if turn.reasoning else {}
         self.context.append(turn.to_message(), **extra)
         for message in turn.error_results():
@@ -329,10 +336,7 @@ class Researcher:
                 previous = f"Summary of the conversation before this part:\n{summary}\n\n" if summary else ""
                 merge = ", merging it with the earlier summary" if summary else ""
                 prompt = [user_message(SUMMARY_PROMPT.format(previous=previous, chunk=chunk, merge=merge))]
-                tokens, dollars = self.backend.estimate_cost(system, prompt, [], max_tokens)
-                self.budget.check(tokens=tokens, dollars=dollars)
-                turn = self.backend.step(system, prompt, [], max_tokens)
-                self.budget.charge(tokens=turn.usage.total_tokens, dollars=turn.dollars)
+                turn = self._paid_step(system, prompt, [], max_tokens)
                 summary = turn.text.strip() or summary
             if summary:
                 return summary, "model"
