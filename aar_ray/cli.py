@@ -10,7 +10,7 @@ import sys
 import time
 from pathlib import Path
 
-from aar_ray.config import ConfigError
+from aar_ray.errors import UserError
 
 DESCRIPTION = """\
 aar_ray runs weak-to-strong (W2S) experiments on a Ray cluster and scores them by PGR,
@@ -116,19 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("methods", help="the method library: names, parameters and defaults")
 
-    camp = sub.add_parser("campaign", help="researchers in parallel until a budget is spent, then "
-                          "the generalisation check and a report",
-                          description="Run a campaign from a preset in conf/campaign/ (laptop: three "
-                          "offline search researchers on the CPU testbeds). Overrides as key=value. "
-                          "For a running campaign: `aar campaign status|pause|stop|continue --name N "
-                          "[--researcher R]`.")
-    camp.add_argument("--config", type=Path, default=None, help="e.g. conf/campaign/laptop.yaml")
-    camp.add_argument("--resume", action="store_true", help="continue the campaign of the same name")
-    camp.add_argument("--name", default=None, help="the campaign for status/pause/stop/continue")
-    camp.add_argument("--researcher", default=None, help="pause/stop/continue only this researcher")
-    camp.add_argument("overrides", nargs="*", help="status|pause|stop|continue, or overrides such as "
-                      "researchers=5 researcher_limits.max_experiments=10")
-    _common(camp)
+    _add_campaign_parsers(sub)
 
     dq = sub.add_parser("disqualify", help="remove a result from a campaign's leaderboard, with the reason")
     dq.add_argument("result_id", type=int, help="the id shown by `aar report` / the forum's results")
@@ -140,6 +128,41 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("campaign")
     _common(rep)
     return parser
+
+
+CAMPAIGN_CONTROLS = {"pause": "pause", "stop": "stop", "continue": "run"}  # action -> control file value
+CAMPAIGN_ACTIONS = ("run", "status", *CAMPAIGN_CONTROLS)
+
+
+def _add_campaign_parsers(sub) -> None:
+    camp = sub.add_parser("campaign", help="researchers in parallel until a budget is spent, then "
+                          "the generalisation check and a report",
+                          description="Run a campaign from a preset in conf/campaign/ (laptop: three "
+                          "offline search researchers on the CPU testbeds): `aar campaign [run] --config "
+                          "FILE [key=value ...]`. For a running campaign: `aar campaign "
+                          "status|pause|stop|continue --name N [--researcher R]`.")
+    actions = camp.add_subparsers(dest="action", required=True, metavar="ACTION")
+    run = actions.add_parser("run", help="run a campaign (the default when no action is given)")
+    run.add_argument("--config", type=Path, default=None, help="e.g. conf/campaign/laptop.yaml")
+    run.add_argument("--resume", action="store_true", help="continue the campaign of the same name")
+    run.add_argument("overrides", nargs="*", help="config overrides such as researchers=5 "
+                     "researcher_limits.max_experiments=10")
+    _common(run)
+    status = actions.add_parser("status", help="each researcher: steps, spend, why it stopped")
+    status.add_argument("--name", required=True, help="the campaign")
+    _common(status)
+    for action, what in (("pause", "pause"), ("stop", "stop"), ("continue", "let run again")):
+        control = actions.add_parser(action, help=f"{what} a running campaign, or one researcher of it")
+        control.add_argument("--name", required=True, help="the campaign")
+        control.add_argument("--researcher", default=None, help=f"{what} only this researcher")
+        _common(control)
+
+
+def with_default_campaign_action(argv: list[str]) -> list[str]:
+    """`aar campaign --config F ...` means `aar campaign run --config F ...`."""
+    if argv[:1] == ["campaign"] and (len(argv) == 1 or argv[1] not in (*CAMPAIGN_ACTIONS, "-h", "--help")):
+        return ["campaign", "run", *argv[1:]]
+    return argv
 
 
 def _location_overrides(args) -> list[str]:
@@ -267,24 +290,28 @@ def cmd_methods(args) -> int:
     return 0
 
 
-CAMPAIGN_ACTIONS = {"status": None, "pause": "pause", "stop": "stop", "continue": "run"}
-
-
 def cmd_campaign(args) -> int:
-    from aar_ray.campaign import (CampaignConfig, CampaignInterrupted, CampaignRunning, campaign_status,
-                                  run_campaign, set_control)
-    from aar_ray.config import load_config
+    from aar_ray.campaign import campaign_status, set_control
 
-    if args.overrides and args.overrides[0] in CAMPAIGN_ACTIONS:
-        action = args.overrides[0]
-        if not args.name:
-            raise ConfigError(f"aar campaign {action} needs --name")
-        if action == "status":
+    try:
+        if args.action == "run":
+            return run_campaign_command(args)
+        if args.action == "status":
             for row in campaign_status(_home(args), args.name):
                 print(json.dumps(row))
         else:
-            print(json.dumps(set_control(_home(args), args.name, CAMPAIGN_ACTIONS[action], args.researcher)))
+            print(json.dumps(set_control(_home(args), args.name, CAMPAIGN_CONTROLS[args.action], args.researcher)))
         return 0
+    except FileNotFoundError as missing:  # no campaign of that name
+        raise UserError(str(missing)) from None
+    except FileExistsError as exists:  # a new campaign under a used name: it says to pass --resume
+        raise UserError(str(exists)) from None
+
+
+def run_campaign_command(args) -> int:
+    from aar_ray.campaign import CampaignConfig, CampaignInterrupted, CampaignRunning, run_campaign
+    from aar_ray.config import load_config
+
     overrides = list(args.overrides)
     overrides += _location_overrides(args)
     config = load_config(CampaignConfig, args.config, overrides)
@@ -318,7 +345,7 @@ def cmd_disqualify(args) -> int:
     forum = Forum(default_url(_home(args)), args.campaign)
     row = next((r for r in forum.results() if r["id"] == args.result_id), None)
     if row is None:
-        raise ConfigError(f"no result {args.result_id} in campaign {args.campaign!r}")
+        raise UserError(f"no result {args.result_id} in campaign {args.campaign!r}")
     forum.disqualify(args.result_id, args.reason)
     client = MlflowClient(_tracking_uri(args))
     for run_id in json.loads(row["run_ids"]):
@@ -332,15 +359,10 @@ COMMANDS = {"campaign": cmd_campaign, "disqualify": cmd_disqualify, "report": cm
 
 
 def main(argv: list[str] | None = None) -> int:
-    from aar_ray.agents.preflight import PreflightError
-    from aar_ray.scoring import ScoreError
-    from aar_ray.testbeds import TestbedError
-
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_args(with_default_campaign_action(sys.argv[1:] if argv is None else argv))
     try:
         return COMMANDS[args.command](args)
-    except (ConfigError, TestbedError, ScoreError, PreflightError, FileExistsError, FileNotFoundError,
-            ValueError) as err:
+    except UserError as err:  # anything else is a bug: its traceback is shown
         print(f"aar {args.command}: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -19,6 +19,7 @@ from typing import TypeVar
 from omegaconf import OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
+from aar_ray.errors import UserError
 from aar_ray.methods import METHODS, MethodSpecError, parse_method
 from aar_ray.models.student import HEADS, LOSSES, StudentConfig
 from aar_ray.models.teacher import TeacherConfig
@@ -27,7 +28,7 @@ from aar_ray.scoring.scorer import ScorerConfig
 T = TypeVar("T")
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     pass
 
 

@@ -143,3 +143,55 @@ def test_good_seed_ranges():
     assert parse_seeds("1-5") == [1, 2, 3, 4, 5]
     assert parse_seeds("2") == [2] and parse_seeds("1,3,7") == [1, 3, 7]
     assert parse_seeds("1-2, 7") == [1, 2, 7]
+
+
+def test_help_loads_no_heavy_library():
+    """`aar --help` stays instant: the commands import what they need when they run."""
+    probe = ("import sys, contextlib, io\nfrom aar_ray.cli import main\n"
+             "with contextlib.redirect_stdout(io.StringIO()), contextlib.suppress(SystemExit):\n"
+             "    main(['--help'])\n"
+             "print(sorted(m for m in ('torch', 'ray', 'mlflow', 'pandas', 'omegaconf') if m in sys.modules))")
+    proc = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    assert proc.stdout.strip() == "[]", proc.stderr
+
+
+def test_campaign_actions_are_subcommands_and_run_is_the_default():
+    from aar_ray.cli import with_default_campaign_action as with_default
+
+    parser = build_parser()
+    run = parser.parse_args(with_default(["campaign", "--config", "c.yaml", "researchers=5"]))
+    assert (run.action, str(run.config), run.overrides) == ("run", "c.yaml", ["researchers=5"])
+    pause = parser.parse_args(with_default(["campaign", "pause", "--name", "lab", "--researcher", "r-0"]))
+    assert (pause.action, pause.name, pause.researcher) == ("pause", "lab", "r-0")
+    assert parser.parse_args(with_default(["campaign", "status", "--name", "lab"])).action == "status"
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["campaign", "stop"], "the following arguments are required: --name"),
+    (["campaign", "status", "--name", "lab", "--researcher", "r"], "unrecognized arguments: --researcher r"),
+])
+def test_campaign_control_mistakes_are_usage_errors(argv, message, capsys):
+    from aar_ray.cli import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main(argv)
+    assert exit_.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_an_unknown_campaign_is_a_one_line_error(tmp_path, capsys):
+    from aar_ray.cli import main
+
+    assert main(["campaign", "status", "--name", "nope", "--home", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("aar campaign: error: no campaign 'nope'") and "Traceback" not in err
+
+
+def test_a_bug_in_a_command_is_not_reported_as_a_user_error(monkeypatch):
+    from aar_ray import cli
+
+    def broken(args):
+        raise ValueError("a bug, not the user's mistake")
+
+    monkeypatch.setitem(cli.COMMANDS, "methods", broken)
+    with pytest.raises(ValueError, match="a bug"):
+        cli.main(["methods"])

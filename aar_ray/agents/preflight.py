@@ -35,6 +35,7 @@ from aar_ray.agents.backends import (
     read_api_key,
     user_message,
 )
+from aar_ray.errors import UserError
 
 VLLM_FLAGS = ("start the server with --enable-auto-tool-choice and --tool-call-parser <the parser for "
               "this model: hermes for Qwen2.5/Qwen3, llama3_json for Llama 3.1, mistral, ...>, and if the "
@@ -47,7 +48,7 @@ PROBE_PROMPT = ("This is an automated check of tool calling. Call the tool prefl
                 "\"ready\". Do not answer in text.")
 
 
-class PreflightError(RuntimeError):
+class PreflightError(UserError, RuntimeError):
     pass
 
 

@@ -13,6 +13,7 @@ from typing import Callable
 
 import numpy as np
 
+from aar_ray.errors import UserError
 from aar_ray.methods import aux_confidence, confident_only, self_training, vanilla_w2s, zero_shot_prior
 from aar_ray.methods.context import MethodContext
 
@@ -36,7 +37,7 @@ METHODS: dict[str, Method] = {m.name: m for m in map(_method, [
     vanilla_w2s, confident_only, aux_confidence, self_training, zero_shot_prior])}
 
 
-class MethodSpecError(ValueError):
+class MethodSpecError(UserError, ValueError):
     pass
 
 

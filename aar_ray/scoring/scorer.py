@@ -58,6 +58,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from aar_ray.errors import UserError
 from aar_ray.models import StudentConfig, TeacherConfig, resolve_student_config, student_factory
 from aar_ray.models.artifacts import binary_labels, content_key, weak_labels
 from aar_ray.scoring.checks import (hard_predictions, matching_shortcuts, predictions_digest,
@@ -81,7 +82,7 @@ class ScorerConfig:
     shortcut_agreement: float = 0.98  # flag hard predictions this close to a label-free shortcut
 
 
-class ScoreError(ValueError):
+class ScoreError(UserError, ValueError):
     """A submission the scorer refuses; it used none of the analyst's budget."""
 
 

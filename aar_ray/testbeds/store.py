@@ -26,6 +26,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from aar_ray.errors import UserError
+
 SOURCE_SPLITS = ("train_label", "train_unlabel", "test")  # the files of a testbed folder
 PUBLIC_SPLITS = ("train_unlabel", "test")  # what researchers, their code and methods read
 SEALED_SPLITS = ("train_unlabel", "validation", "holdout")
@@ -34,7 +36,7 @@ LAYOUT = 2  # 2: train_label with the teacher, one public test split, allow-list
 FORMATS = {"binary": ("question", "choice"), "comparison": ("prompt", "first", "second")}
 
 
-class TestbedError(ValueError):
+class TestbedError(UserError, ValueError):
     """A testbed file that cannot be imported; the message starts with `file:line:`."""
 
     __test__ = False  # a name starting with "Test" is not a pytest class
