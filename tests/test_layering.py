@@ -12,7 +12,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "aar_ray"
 # Lowest first. A part may import only parts of lower layers (and itself); parts that share a
 # layer are independent of each other. `aar_ray` (the package's own __init__) is below them all.
 LAYERS = [
-    {"errors", "progress"},
+    {"errors", "resources", "progress"},
     {"testbeds", "sandbox", "forum"},
     {"models"},
     {"engines"},

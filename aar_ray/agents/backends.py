@@ -103,6 +103,8 @@ try:  # the anthropic SDK ships its HTTP client as `httpx2`; plain `httpx` has t
 except ImportError:  # pragma: no cover
     import httpx
 
+from aar_ray.resources import conf_file
+
 logger = logging.getLogger(__name__)
 
 StopReason = Literal["end", "tool_use", "max_tokens"]
@@ -385,7 +387,7 @@ class RetryPolicy:
 
 
 # ==== prices =====================================================================================
-DEFAULT_PRICES_PATH = Path(__file__).resolve().parents[2] / "conf" / "prices.yaml"
+DEFAULT_PRICES_PATH = conf_file("prices.yaml")
 OPENAI_COMPATIBLE_PRICES = "openai-compatible"
 _SNAPSHOT_SUFFIX = re.compile(r"[-@]\d{8}$")
 

@@ -1,0 +1,69 @@
+"""The project as a wheel (not an editable install): built from a copy of the sources, installed
+into a fresh venv, run from a directory that is not the checkout. The fresh venv borrows the
+development venv's third-party packages (torch, ray, ...) through a .pth line, so nothing is
+downloaded; the editable install's finder there is not run (a .pth line adds a path, it does not
+make that path a site directory), so `aar_ray` can only come from the wheel."""
+
+import shutil
+import subprocess
+import sys
+import sysconfig
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+CHECKOUT = Path(__file__).resolve().parents[1]
+
+
+def run(*command, cwd, timeout=600):
+    proc = subprocess.run([str(c) for c in command], cwd=cwd, capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, f"{' '.join(map(str, command))}:\n{proc.stdout}\n{proc.stderr}"
+    return proc.stdout
+
+
+@pytest.fixture(scope="module")
+def installed(tmp_path_factory):
+    """(the fresh venv's folder, a working directory outside the checkout)."""
+    root = tmp_path_factory.mktemp("wheel")
+    source = root / "src"  # a copy: building in the checkout would leave build/ in it
+    source.mkdir()
+    shutil.copy(CHECKOUT / "pyproject.toml", source)
+    shutil.copytree(CHECKOUT / "conf", source / "conf")
+    shutil.copytree(CHECKOUT / "aar_ray", source / "aar_ray", symlinks=True,
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    run(sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", root / "dist", source,
+        cwd=root)
+    venv = root / "venv"
+    run(sys.executable, "-m", "venv", "--without-pip", venv, cwd=root)
+    python = venv / "bin" / "python"
+    (wheel,) = (root / "dist").glob("aar_ray-*.whl")
+    run(sys.executable, "-m", "pip", "--python", python, "install", "--no-deps", "--no-index", "-q", wheel, cwd=root)
+    site = Path(run(python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])", cwd=root).strip())
+    (site / "borrowed.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    elsewhere = root / "elsewhere"
+    elsewhere.mkdir()
+    return venv, elsewhere
+
+
+def test_the_installed_package_is_the_wheel_and_carries_its_defaults(installed):
+    venv, elsewhere = installed
+    probe = ("import aar_ray, aar_ray.resources as r; print(aar_ray.__file__); "
+             "print(*sorted(p.name for p in r.conf_dir().iterdir()))")
+    where, shipped = run(venv / "bin" / "python", "-c", probe, cwd=elsewhere).splitlines()
+    assert Path(where).is_relative_to(venv) and not Path(where).is_relative_to(CHECKOUT)
+    assert shipped.split() == ["baseline.yaml", "campaign", "directions.yaml", "models", "prices.yaml"]
+
+
+def test_aar_methods_runs_from_another_directory(installed):
+    venv, elsewhere = installed
+    out = run(venv / "bin" / "aar", "methods", cwd=elsewhere)
+    assert "vanilla_w2s" in out and "parameters:" in out
+
+
+def test_the_price_table_is_read_from_the_wheel(installed):
+    venv, elsewhere = installed
+    probe = "from aar_ray.agents.backends import DEFAULT_PRICES_PATH as p; print(p, p.is_file())"
+    path, exists = run(venv / "bin" / "python", "-c", probe, cwd=elsewhere).split()
+    assert Path(path).is_relative_to(venv) and exists == "True"
