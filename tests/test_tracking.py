@@ -49,10 +49,14 @@ def _log(tracker, key):
                                   predictions=pd.DataFrame({"id": [0, 1], "p": [0.2, 0.9]}))
 
 
-def test_records_are_spooled_while_the_server_is_down_and_written_once_it_is_back(tmp_path):
+def test_records_are_spooled_while_the_server_is_down_and_written_once_it_is_back(tmp_path, monkeypatch):
     port = _free_port()
     server = _start_server(tmp_path, port)
+    for name in ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_TIMEOUT"):
+        monkeypatch.delenv(name, raising=False)
+    environment = dict(os.environ)
     tracker = Tracker(f"http://127.0.0.1:{port}", "outage", spool_dir=tmp_path / "spool")
+    assert dict(os.environ) == environment  # the tracker fails over by itself, not by changing the process
     assert not _log(tracker, "a").startswith("pending:")
     _stop(server)
     pending = _log(tracker, "b")

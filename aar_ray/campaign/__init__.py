@@ -167,13 +167,15 @@ class ResearcherActor:
     def __init__(self, rc: ResearcherConfig, config: CampaignConfig, parent_run_id: str):
         home = config.home  # absolute: resolved once by the driver
         state_dir = campaign_dir(config) / "researchers" / rc.name
+        tracker = Tracker(config.tracking.uri or None, experiment_name(config), Path(home) / "tracking-spool")
         tools = ToolContext(
             researcher=rc.name, campaign=config.name, testbed=config.testbed, home=home,
             workspace=state_dir / "workspace", scorer=ray.get_actor("aar-scorer", namespace="aar"),
             forum=Forum(config.forum_url or default_url(home), config.name),
-            tracker=Tracker(config.tracking.uri or None, experiment_name(config), Path(home) / "tracking-spool"),
-            budget=Budget(),
-            parent_run_id=parent_run_id, student=config.student, teacher=config.teacher,
+            tracker=tracker, budget=Budget(),
+            # the researcher's own MLflow run, under the campaign's: its experiments and trace
+            parent_run_id=tracker.researcher_run(parent_run_id, rc.name),
+            student=config.student, teacher=config.teacher,
             experiment_gpus=config.experiment_gpus)
         tools.workspace.mkdir(parents=True, exist_ok=True)
         self.researcher = Researcher(rc, tools, state_dir, control_path(config.home, config.name))
@@ -206,7 +208,7 @@ def _campaign_run(tracker: Tracker, config: CampaignConfig, path: Path) -> str:
 
 def run_researchers(config: CampaignConfig, parent_run_id: str, forum: Forum, progress: bool = True) -> list[dict]:
     """Start every researcher and wait until all stop or the wall-clock cap is reached."""
-    from tqdm import tqdm
+    from aar_ray.progress import progress as progress_bar
 
     actors = [ResearcherActor.options(name=f"researcher-{config.name}-{rc.name}", namespace="aar",
                                       # a dead researcher restarts from its checkpoint and its run()
@@ -218,7 +220,7 @@ def run_researchers(config: CampaignConfig, parent_run_id: str, forum: Forum, pr
     deadline = time.time() + config.limits.wall_seconds
     statuses = []
     expected = config.researchers * (config.researcher_limits.max_experiments or 0) or None
-    bar = tqdm(total=expected, desc="experiments", unit="exp", disable=not progress)
+    bar = progress_bar(total=expected, desc="experiments", unit="exp", disable=not progress)
     try:
         while pending and time.time() < deadline:
             done, _ = ray.wait(list(pending), num_returns=1, timeout=min(5.0, max(0.0, deadline - time.time())))

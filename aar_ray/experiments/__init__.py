@@ -136,9 +136,10 @@ def score_result(scorer, submitter: str, spec: ExperimentSpec, result: MethodRes
 
 def record_experiment(tracker, spec: ExperimentSpec, result: MethodResult | None, score: dict,
                       submitter: str, error: str | None = None, parent_run_id: str | None = None,
-                      key: str | None = None) -> str:
+                      key: str | None = None, extra_tags: dict | None = None) -> str:
     """One MLflow run for one experiment, scored or failed; returns the run id. With a `key`,
-    a run already recorded under it is returned instead of a second one."""
+    a run already recorded under it is returned instead of a second one. `extra_tags` say more
+    about it (`researcher`: whose idea an operator's re-run is)."""
     if key is not None:
         found = tracker.find_run(key)
         if found is not None:
@@ -153,7 +154,8 @@ def record_experiment(tracker, spec: ExperimentSpec, result: MethodResult | None
     tags = {"aar_kind": "experiment", "submitter": submitter, "split": spec.eval_split,
             **({"ablation": "shuffled_teacher"} if spec.shuffle_teacher else {}),
             **({"flags": ",".join(score["flags"])} if score.get("flags") else {}),
-            **({"error": error[:4000]} if error else {}), **({"aar_key": key} if key else {})}
+            **({"error": error[:4000]} if error else {}), **({"aar_key": key} if key else {}),
+            **(extra_tags or {})}
     return tracker.log_experiment(
         spec.run_name, experiment_params(spec), metrics, tags,
         predictions=predictions, config={k: v for k, v in asdict(spec).items() if k != "code"},

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pandas as pd
 import ray
-from tqdm import tqdm
+from aar_ray.progress import progress as progress_bar
 
 from aar_ray.config import BaselineConfig
 from aar_ray.experiments import ExperimentSpec, record_experiment, run_method, score_result
@@ -82,7 +82,7 @@ def experiment_specs(config: BaselineConfig) -> list[ExperimentSpec]:
 
 def prepare(config: BaselineConfig, scorer, progress: bool = True) -> None:
     """Everything experiments share, computed once before they start."""
-    for testbed in tqdm(config.testbeds, desc="preparing testbeds", disable=not progress):
+    for testbed in progress_bar(config.testbeds, desc="preparing testbeds", unit="testbed", disable=not progress):
         ensure_testbed(testbed, config.home)
         testbed_vectors(testbed, config.home, config.student.encoder, progress=progress)
         for seed in set(config.seeds) | set(range(1, config.scorer.baseline_seeds + 1)):
@@ -129,7 +129,7 @@ def run_sweep(config: BaselineConfig, progress: bool = True) -> pd.DataFrame:
         "testbeds": ",".join(config.testbeds), "methods": ",".join(config.methods),
         "seeds": ",".join(map(str, config.seeds))})
     pending = {submit_experiment(spec): spec for spec in experiment_specs(config)}
-    with tqdm(total=len(pending), desc="experiments", unit="run", disable=not progress) as bar:
+    with progress_bar(total=len(pending), desc="experiments", unit="run", disable=not progress) as bar:
         while pending:
             [ref], _ = ray.wait(list(pending), num_returns=1)
             spec = pending.pop(ref)

@@ -62,9 +62,9 @@ class SentenceEncoder:
         out = np.zeros((len(texts), self.dim), dtype=np.float32)
         batches = range(0, len(texts), self.batch_size)
         if progress:
-            from tqdm import tqdm
+            from aar_ray.progress import progress as progress_bar
 
-            batches = tqdm(batches, desc=f"embedding with {self.name}", unit="batch")
+            batches = progress_bar(batches, desc=f"embedding with {self.name}", unit="batch", per_item=False)
         with torch.inference_mode():
             for start in batches:
                 idx = order[start : start + self.batch_size]

@@ -7,13 +7,25 @@ When the store cannot be reached (a tracking server restarting), an experiment's
 spooled to disk and written on a later call, so a campaign never stops or loses a record for it.
 A command that is interrupted ends the runs it left RUNNING as KILLED (`mark_killed`); a later
 record under the same key replaces such a run.
+
+What a person sees first in the MLflow UI (its "Model training" runs table, not the GenAI
+overview): experiments are tagged `mlflow.experimentKind=custom_model_development` and carry a
+shared view (`results_url`) whose columns are the PGR summaries; parent runs (a sweep, a campaign,
+each researcher of a campaign) carry summary metrics and say their best PGR in their name;
+experiment runs are named researcher/idea/testbed/split/seed, uniquely; every run carries the
+code version (`mlflow.source.git.commit`, a content hash of the package without git) and the
+command that made it (`mlflow.source.name`).
 """
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import json
 import logging
 import os
+import subprocess
+import sys
 import tempfile
 import time
 import uuid
@@ -65,21 +77,123 @@ def _default_spool(uri: str) -> Path:
     return (path.parent if path else Path(resolve_home())) / "tracking-spool"
 
 
+PACKAGE_ROOT = Path(__file__).resolve().parents[1]
+# The MLflow UI opens an experiment on its GenAI overview unless told it is model development.
+EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
+RESULTS_VIEW = "aar-results"  # the shared view `results_url` opens
+# Columns of that view: the summaries parent runs carry, then each experiment's own PGR.
+SUMMARY_COLUMNS = ("best_validation_pgr", "mean_validation_pgr", "pgr", "winner_holdout_pgr",
+                   "experiments", "dollars")
+SOURCE_NAME = "mlflow.source.name"
+SOURCE_COMMIT = "mlflow.source.git.commit"
+
+
+def _git(*args: str) -> str:
+    try:
+        done = subprocess.run(["git", "-C", str(PACKAGE_ROOT.parent), *args], capture_output=True,
+                              text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return ""
+    return done.stdout.strip() if done.returncode == 0 else ""
+
+
+@functools.lru_cache(maxsize=1)
+def code_version() -> dict[str, str]:
+    """Which code made a run: the git commit, else (a Ray job's copy, a wheel) a content hash of
+    the package's sources; `aar_code_hash` always, since a commit says nothing of local edits."""
+    digest = hashlib.sha256()
+    for path in sorted(PACKAGE_ROOT.rglob("*.py")):
+        digest.update(str(path.relative_to(PACKAGE_ROOT)).encode() + b"\0" + path.read_bytes())
+    code_hash = digest.hexdigest()[:16]
+    commit = _git("rev-parse", "HEAD")
+    tags = {SOURCE_COMMIT: commit or f"content-{code_hash}", "aar_code_hash": code_hash}
+    if commit and _git("status", "--porcelain", "--", str(PACKAGE_ROOT)):
+        tags["aar_code_dirty"] = "true"  # the package differs from the commit: the hash tells which
+    return tags
+
+
+def entry_point(argv: list[str] | None = None) -> str:
+    """The command a run came from: the program and its subcommand (`aar campaign`,
+    `jobs/campaign.py`), without options or overrides."""
+    argv = sys.argv if argv is None else argv
+    program = Path(argv[0]).name if argv else "python"
+    if program.endswith(".py") and len(Path(argv[0]).parts) > 1:
+        program = "/".join(Path(argv[0]).parts[-2:])  # jobs/campaign.py, not just campaign.py
+    words = [program] + [a for a in argv[1:2] if a and not a.startswith("-") and "=" not in a]
+    return " ".join(words)
+
+
+def _filter_value(text: str) -> str | None:
+    """`text` for an MLflow filter string, or None when it cannot be quoted there."""
+    return None if "'" in text or "\\" in text else text
+
+
 class Tracker:
     """Small verbs over MlflowClient: one experiment per sweep or campaign, one run per experiment."""
 
     def __init__(self, uri: str | None, experiment: str, spool_dir: str | Path | None = None):
         self.uri = resolve_tracking_uri(uri)
-        if self.uri.startswith("http"):
-            # Fail over to the spool within seconds instead of MLflow's minutes of backoff.
-            os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
-            os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
         self.client = MlflowClient(self.uri)
         self.spool = Path(spool_dir or _default_spool(self.uri)).resolve() / experiment
         found = self.client.get_experiment_by_name(experiment)
         self.experiment_id = found.experiment_id if found else \
-            self.client.create_experiment(experiment, artifact_location=_artifact_root(self.uri))
+            self.client.create_experiment(experiment, artifact_location=_artifact_root(self.uri),
+                                          tags=EXPERIMENT_KIND)
+        if found and found.tags.get("mlflow.experimentKind") != EXPERIMENT_KIND["mlflow.experimentKind"]:
+            self.client.set_experiment_tag(self.experiment_id, *next(iter(EXPERIMENT_KIND.items())))
         self.experiment = experiment
+        self._sources: dict[str, dict] = {}  # parent run id -> the source tags its children share
+        self._publish_results_view()
+
+    def _publish_results_view(self) -> None:
+        """The shared view `results_url` opens: the runs table with PGR summaries as columns,
+        parent runs (best PGR) first."""
+        columns = [f"metrics.`{name}`" for name in SUMMARY_COLUMNS] + \
+            ["attributes.`Source`", "attributes.`Version`"]
+        view = {"selectedColumns": columns, "orderByKey": "metrics.`best_validation_pgr`",
+                "orderByAsc": False}
+        self.client.set_experiment_tag(self.experiment_id, f"mlflow.sharedViewState.{RESULTS_VIEW}",
+                                       json.dumps(view))
+
+    def results_url(self, base_url: str) -> str:
+        """The link to open this experiment on: the runs table with PGR shown (the UI's own
+        default is a GenAI overview, and a runs table without metric columns)."""
+        return (f"{base_url.rstrip('/')}/#/experiments/{self.experiment_id}/runs"
+                f"?workflowType=machine_learning&viewStateShareKey={RESULTS_VIEW}")
+
+    def _reachable(self) -> bool:
+        """A tracking server answers its health check within seconds. Asked before each write,
+        so a server that is down costs one short request, not MLflow's minutes of retries."""
+        if not self.uri.startswith("http"):
+            return True
+        import requests
+
+        try:
+            return requests.get(f"{self.uri.rstrip('/')}/health", timeout=5).ok
+        except requests.RequestException:
+            return False
+
+    def source_tags(self, parent_run_id: str | None = None) -> dict[str, str]:
+        """Code version and entry point for a new run. A child run takes its parent's entry
+        point: a researcher's runs are written from a Ray worker, whose command line is Ray's."""
+        tags = {**code_version(), SOURCE_NAME: entry_point()}
+        if parent_run_id:
+            if parent_run_id not in self._sources:
+                parent = self.client.get_run(parent_run_id).data.tags
+                self._sources[parent_run_id] = {k: parent[k] for k in (SOURCE_NAME,) if k in parent}
+            tags.update(self._sources[parent_run_id])
+        return tags
+
+    def unique_name(self, name: str) -> str:
+        """`name`, or `name (2)`, `(3)`, ... when a run of this experiment already has it."""
+        quoted = _filter_value(name)
+        if quoted is None:
+            return name
+        taken = {r.info.run_name for r in self.client.search_runs(
+            [self.experiment_id], f"attributes.run_name LIKE '{quoted}%'", max_results=1000)}
+        if name not in taken:
+            return name
+        return next(f"{name} ({n})" for n in range(2, len(taken) + 3) if f"{name} ({n})" not in taken)
 
     def log_experiment(self, run_name: str, params: dict, metrics: dict, tags: dict,
                        predictions: pd.DataFrame | None = None, config: dict | None = None,
@@ -90,9 +204,13 @@ class Tracker:
                   "predictions": None if predictions is None else predictions.to_dict("list"),
                   "config": config, "code": code, "parent_run_id": parent_run_id}
         self.flush_spool()
+        if not self._reachable():
+            return self._to_spool(record)
         try:
             return self._write(**record)
-        except Exception:  # the store is down or unreachable: keep the record, write it later
+        except Exception as err:  # the store went away mid-write: keep the record, write it later
+            log.warning("experiment %s: tracking store %s failed (%s: %s); spooled to %s",
+                        run_name, self.uri, type(err).__name__, err, self.spool)
             return self._to_spool(record)
 
     def _to_spool(self, record: dict) -> str:
@@ -107,13 +225,17 @@ class Tracker:
         """Write spooled records, oldest first; stops at the first failure. Returns how many
         were written (a record whose key is already in the store is dropped, not repeated)."""
         written = 0
-        for path in sorted(self.spool.glob("*.json")) if self.spool.exists() else []:
+        paths = sorted(self.spool.glob("*.json")) if self.spool.exists() else []
+        if paths and not self._reachable():
+            return 0
+        for path in paths:
             record = json.loads(path.read_text())
             try:
                 key = record["tags"].get("aar_key")
                 if not (key and self.find_run(key, raise_errors=True)):
                     self._write(**record)
-            except Exception:
+            except Exception as err:  # still unreachable, or a record the store refuses: retried later
+                log.warning("spooled record %s not written yet (%s: %s)", path.name, type(err).__name__, err)
                 break
             path.unlink()
             written += 1
@@ -123,8 +245,9 @@ class Tracker:
                config: dict | None = None, code: str | None = None, parent_run_id: str | None = None) -> str:
         if predictions is not None and not isinstance(predictions, pd.DataFrame):
             predictions = pd.DataFrame(predictions)
-        all_tags = {**tags, **({"mlflow.parentRunId": parent_run_id} if parent_run_id else {})}
-        run = self.client.create_run(self.experiment_id, run_name=run_name,
+        all_tags = {**self.source_tags(parent_run_id), **tags,
+                    **({"mlflow.parentRunId": parent_run_id} if parent_run_id else {})}
+        run = self.client.create_run(self.experiment_id, run_name=self.unique_name(experiment_run_name(run_name, params, tags)),
                                      tags={k: str(v) for k, v in all_tags.items()})
         try:
             self._log_contents(run.info.run_id, params, metrics, predictions, config, code)
@@ -165,9 +288,10 @@ class Tracker:
                 # interrupted): replace it, so the record is written in full, not dropped.
                 self.client.delete_run(found[0].info.run_id)
                 return None
-        except Exception:
+        except Exception as err:  # the store is unreachable: the caller runs the experiment again
             if raise_errors:
                 raise
+            log.warning("could not look up run %s in %s (%s: %s)", key, self.uri, type(err).__name__, err)
             return None
         return found[0].info.run_id if found else None
 
@@ -178,15 +302,74 @@ class Tracker:
         if flag not in flags:
             self.client.set_tag(run_id, "flags", ",".join([*flags, flag]))
 
-    def start_parent(self, run_name: str, params: dict) -> str:
-        run = self.client.create_run(self.experiment_id, run_name=run_name)
+    def start_parent(self, run_name: str, params: dict, parent_run_id: str | None = None,
+                     tags: dict | None = None) -> str:
+        """A run that groups others (a sweep, a campaign, a researcher of a campaign)."""
+        all_tags = {**self.source_tags(parent_run_id), "aar_kind": "parent", **(tags or {}),
+                    **({"mlflow.parentRunId": parent_run_id} if parent_run_id else {})}
+        run = self.client.create_run(self.experiment_id, run_name=self.unique_name(run_name), tags=all_tags)
         self.client.log_batch(run.info.run_id, params=[Param(k, str(v)) for k, v in params.items()])
         return run.info.run_id
 
-    def finish_parent(self, run_id: str, artifacts: list[Path] = ()) -> None:
+    def researcher_run(self, campaign_run_id: str, researcher: str) -> str:
+        """The run grouping one researcher's experiments under the campaign's run, created once
+        and found again when the researcher restarts or the campaign resumes. The campaign's
+        run when the store cannot be reached: the researcher's runs then sit one level higher."""
+        try:
+            found = self.researcher_runs(campaign_run_id).get(researcher)
+            if found:
+                self.reopen_parent(found)
+                return found
+            return self.start_parent(f"researcher {researcher}", {"researcher": researcher}, campaign_run_id,
+                                     {"aar_researcher": researcher})
+        except Exception as err:  # the store is down: experiments are spooled under the campaign's run
+            log.warning("no MLflow run for researcher %s (%s: %s); using the campaign's", researcher,
+                        type(err).__name__, err)
+            return campaign_run_id
+
+    def researcher_runs(self, campaign_run_id: str) -> dict[str, str]:
+        """{researcher: run id} of the researcher runs under a campaign's run."""
+        found = self.client.search_runs(
+            [self.experiment_id], f"tags.mlflow.parentRunId = '{campaign_run_id}' and tags.aar_researcher != ''",
+            max_results=1000)
+        return {run.data.tags["aar_researcher"]: run.info.run_id for run in found}
+
+    def finish_parent(self, run_id: str, artifacts: list[Path] = (), summary: dict | None = None) -> None:
+        """End a parent run with its summary metrics (by default, the summary of the experiment
+        runs under it: best and mean validation PGR, how many) and its artifacts."""
         for path in artifacts:
             self.client.log_artifact(run_id, str(path))
+        self.log_summary(run_id, self.summarise_children(run_id) if summary is None else summary)
         self.client.set_terminated(run_id, "FINISHED")
+
+    def log_summary(self, run_id: str, summary: dict) -> None:
+        """Summary metrics on a parent run; its name then says its best PGR, so the runs table
+        shows it even where no metric column is open."""
+        now = int(time.time() * 1000)
+        metrics = [Metric(k, float(v), now, 0) for k, v in summary.items() if _is_number(v)]
+        if metrics:
+            self.client.log_batch(run_id, metrics=metrics)
+        best = summary.get("best_validation_pgr")
+        if _is_number(best):
+            name = self.client.get_run(run_id).info.run_name.split(" · best PGR")[0]
+            self.client.update_run(run_id, name=f"{name} · best PGR {best:.2f}")
+
+    def summarise_children(self, run_id: str) -> dict:
+        """Best and mean validation PGR of the experiment runs directly under `run_id` (the
+        teacher-ablation controls left out), and how many ran and failed."""
+        runs = self.runs(parent_run_id=run_id)
+        if runs.empty:
+            return {"experiments": 0}
+        scored = runs
+        if "tags.split" in runs:
+            scored = scored[scored["tags.split"].fillna("validation") == "validation"]
+        if "tags.ablation" in runs:
+            scored = scored[scored["tags.ablation"].isna()]
+        pgr = scored["metrics.pgr"].dropna() if "metrics.pgr" in scored else pd.Series(dtype=float)
+        summary = {"experiments": len(runs), "failed_experiments": int(len(scored) - len(pgr))}
+        if len(pgr):
+            summary.update(best_validation_pgr=float(pgr.max()), mean_validation_pgr=float(pgr.mean()))
+        return summary
 
     def reopen_parent(self, run_id: str) -> None:
         """A resumed sweep or campaign: its parent run is RUNNING again until it finishes."""
@@ -205,14 +388,42 @@ class Tracker:
         return len(ids)
 
     def runs(self, parent_run_id: str | None = None) -> pd.DataFrame:
-        """Experiment runs of this experiment (of one sweep when parent_run_id is given)."""
-        import mlflow
-
-        mlflow.set_tracking_uri(self.uri)
+        """Experiment runs of this experiment (of one sweep when parent_run_id is given), one
+        row each with `params.*`, `metrics.*`, `tags.*` columns, `run_id`, `start_time`."""
         query = "tags.aar_kind = 'experiment'"
         if parent_run_id:
             query += f" and tags.mlflow.parentRunId = '{parent_run_id}'"
-        return mlflow.search_runs([self.experiment_id], filter_string=query, output_format="pandas")
+        rows, token = [], None
+        while True:
+            page = self.client.search_runs([self.experiment_id], query, max_results=1000, page_token=token)
+            rows += [_run_row(run) for run in page]
+            token = page.token
+            if not token:
+                return pd.DataFrame(rows)
+
+
+def _run_row(run) -> dict:
+    return {"run_id": run.info.run_id, "run_name": run.info.run_name, "status": run.info.status,
+            "start_time": pd.Timestamp(run.info.start_time, unit="ms", tz="UTC"),
+            **{f"params.{k}": v for k, v in run.data.params.items()},
+            **{f"metrics.{k}": v for k, v in run.data.metrics.items()},
+            **{f"tags.{k}": v for k, v in run.data.tags.items()}}
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool) \
+        and bool(np.isfinite(value))
+
+
+def experiment_run_name(run_name: str, params: dict, tags: dict) -> str:
+    """Who ran what, where, on which split and seed: `researcher/idea/testbed/split/seedN`
+    (`[shuffled teacher]` for the ablation control). `run_name` when the parts are not known."""
+    if not {"testbed", "method", "seed"} <= params.keys():
+        return run_name
+    who = tags.get("researcher") or tags.get("submitter") or "?"
+    split = params.get("eval_split") or tags.get("split") or "validation"
+    ablation = " [shuffled teacher]" if tags.get("ablation") == "shuffled_teacher" else ""
+    return f"{who}/{params['method']}/{params['testbed']}/{split}/seed{params['seed']}{ablation}"
 
 
 def leaderboard(runs: pd.DataFrame) -> pd.DataFrame:
