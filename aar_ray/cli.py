@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import signal
 import sys
@@ -11,6 +12,8 @@ import time
 from pathlib import Path
 
 from aar_ray.errors import UserError
+
+log = logging.getLogger(__name__)
 
 DESCRIPTION = """\
 aar_ray runs weak-to-strong (W2S) experiments on a Ray cluster and scores them by PGR,
@@ -246,6 +249,7 @@ def cmd_baseline(args) -> int:
         try:
             killed = Tracker(config.tracking.uri, config.tracking.experiment).mark_killed(started)
         except Exception as err:  # the store is away: say so, still in one line
+            log.debug("marking the interrupted runs KILLED failed", exc_info=True)
             killed = f"no (the MLflow store did not answer: {type(err).__name__})"
         print(f"aar baseline: interrupted; {killed} MLflow run(s) left running marked KILLED; "
               "finished seeds are recorded", file=sys.stderr)
@@ -277,6 +281,10 @@ def cmd_ui(args) -> int:
     beside = ["--artifacts-destination", str(Path(uri.removeprefix("sqlite:///")).parent / "mlartifacts")] \
         if uri.startswith("sqlite:///") else []
     print(f"MLflow UI for {uri} on http://127.0.0.1:{args.port}")
+    from aar_ray.tracking import results_links
+
+    for name, link in results_links(uri, f"http://127.0.0.1:{args.port}").items():
+        print(f"  {name}: {link}")  # opens the runs table with PGR, not the UI's GenAI overview
     os.execvp(sys.executable, [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, *beside,
                                "--port", str(args.port)])
 
@@ -358,9 +366,39 @@ COMMANDS = {"campaign": cmd_campaign, "disqualify": cmd_disqualify, "report": cm
             "score-holdout": cmd_score_holdout, "ui": cmd_ui, "methods": cmd_methods}
 
 
+class _CurrentStderr(logging.StreamHandler):
+    """Writes to whatever sys.stderr is when a record comes, as logging's last resort does."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _):
+        pass
+
+
+def configure_logging(level: str | None = None) -> None:
+    """Every module logs to `logging.getLogger(__name__)`, so all of them hang under `aar_ray`;
+    the commands show that tree's warnings (or `$AAR_LOG_LEVEL`'s level) on stderr, one line each."""
+    tree = logging.getLogger("aar_ray")
+    asked = level or os.environ.get("AAR_LOG_LEVEL")
+    if asked and asked.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
+        raise UserError(f"AAR_LOG_LEVEL={asked!r}; allowed: DEBUG, INFO, WARNING, ERROR, CRITICAL")
+    if asked:  # otherwise the tree keeps the root's level (WARNING unless an embedding program says)
+        tree.setLevel(asked.upper())
+    handler = next((h for h in tree.handlers if isinstance(h, _CurrentStderr)), None)
+    if handler is None:
+        handler = _CurrentStderr()
+        handler.setFormatter(logging.Formatter("%(name)s: %(levelname)s: %(message)s"))
+        tree.addHandler(handler)
+    handler.setLevel((asked or "WARNING").upper())
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(with_default_campaign_action(sys.argv[1:] if argv is None else argv))
     try:
+        configure_logging()
         return COMMANDS[args.command](args)
     except UserError as err:  # anything else is a bug: its traceback is shown
         print(f"aar {args.command}: error: {err}", file=sys.stderr)

@@ -49,6 +49,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import secrets
 import threading
 import time
@@ -65,6 +66,8 @@ from aar_ray.scoring.checks import (hard_predictions, matching_shortcuts, predic
                                     shortcut_predictions)
 from aar_ray.scoring.ladder import ladder_levels, ladder_release, ladder_step, transcript_bits
 from aar_ray.testbeds import EVAL_SPLITS, eval_ids, eval_rows, load_public, load_sealed, testbed_meta
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -255,6 +258,7 @@ class Scorer:
         try:
             shortcuts = self._shortcuts_for(testbed, split)
         except Exception as err:  # noqa: BLE001 - a broken check must not stop scoring, nor pass unseen
+            log.warning("shortcut check on %s (%s) failed; the result is flagged", testbed, split, exc_info=True)
             return [f"shortcut_check_failed:{type(err).__name__}"]
         return matching_shortcuts(hard, shortcuts, self.config.shortcut_agreement)
 
