@@ -184,10 +184,14 @@ def validate(config) -> None:
         _check("student.head", config.student.head, ["auto", *HEADS])
         _check("student.kind", config.student.kind, ["encoder", "causal_lm"])
         _check("teacher.kind", config.teacher.kind, ["bow", "causal_lm"])
-        for part in (config.student, config.teacher):
+        for role, part in (("student", config.student), ("teacher", config.teacher)):
             if part.kind == "causal_lm" and not part.preset:
                 raise ConfigError("a causal_lm student or teacher needs a preset, e.g. "
                                   "student.preset=qwen_math (conf/models/)")
+            if part.kind == "causal_lm":  # missing weights: refused in seconds, before Ray or testbeds
+                from aar_ray.models.presets import check_preset_weights
+
+                check_preset_weights(part.preset, role)
     if hasattr(config, "generalisation"):
         check_seeds("generalisation.seeds", config.generalisation.seeds)
     if hasattr(config, "backend"):

@@ -59,7 +59,7 @@ Workload (shared with shared_gpu_pool.py):
     assumption: the study reports no think-time distribution.
 
 Experiment tasks reuse their worker processes (`max_calls=0`). Ray's default for GPU tasks, and
-`aar_ray.compute.submit`'s, is a fresh worker per task; on this machine that start costs about a
+a `max_calls=1` task's, is a fresh worker per task; on this machine that start costs about a
 second, which at 1 s per scaled hour would be an hour of overhead, while at real time it is under
 0.1% of a run. `fresh_worker_task_seconds` measures that cost separately.
 """
@@ -249,14 +249,13 @@ def start_plane(home: Path, store: Path, workload: Workload, budget: int) -> Pla
 
 
 def fresh_worker_task_seconds(count: int) -> list[float]:
-    """End-to-end seconds of no-op GPU tasks through aar_ray.compute.submit, one after another:
-    each gets a fresh worker process (max_calls=1), as every real fit does."""
-    from aar_ray.compute import ComputeConfig, submit
-
+    """End-to-end seconds of no-op GPU tasks, one after another: each gets a fresh worker process
+    (max_calls=1, Ray's default for GPU tasks)."""
+    no_op = ray.remote(max_calls=1, num_gpus=1, num_cpus=0)(time.sleep)
     seconds = []
     for _ in range(count):
         start = time.perf_counter()
-        ray.get(submit(time.sleep, 0.0, num_gpus=1, compute=ComputeConfig(num_cpus=0)))
+        ray.get(no_op.remote(0.0))
         seconds.append(round(time.perf_counter() - start, 3))
     return seconds
 
@@ -565,7 +564,7 @@ def parse_args(argv):
                         help="logical GPUs at most (default %(default)s); a level with more researchers "
                              "shares them, its experiments queue for a free GPU")
     parser.add_argument("--fresh-tasks", type=int, default=4,
-                        help="no-op GPU tasks timed through aar_ray.compute.submit (fresh workers)")
+                        help="no-op GPU tasks timed with a fresh worker each")
     parser.add_argument("--home", help="an aar home to import the small testbed into (default: temporary)")
     return parser.parse_args(argv)
 

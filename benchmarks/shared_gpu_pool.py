@@ -12,7 +12,7 @@ Policies, each on its own local Ray with logical GPUs:
     idles while the researcher thinks.
   - shared: a pool of `--gpus` GPUs (researchers / 3 by default); experiments from every
     researcher ask for `num_gpus=1` and queue on the pool, a GPU is held only while a task runs
-    (what `aar_ray.compute.submit` does).
+    (what an experiment task asking Ray for `experiment_gpus` does).
 Each researcher (an asyncio loop in the driver) thinks, runs one experiment (a Ray task that
 holds a GPU for the scaled experiment time) and waits for it, over and over until the window of
 `--seconds` ends; it draws the same think and experiment times under both policies (same seed).

@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 import torch
 
-from aar_ray.compute.presets import load_preset, preset_names
+from aar_ray.models.presets import load_preset, preset_names
 from aar_ray.models.causal_lm import (CausalLMConfig, CausalLMStudent, CausalLMTeacher, EncodedPrompt,
                                       LabelLM, WeightsNotFoundError, materialize_tiny_model)
 
@@ -174,7 +174,7 @@ def test_chat_teacher_fits_labelled_rows(qwen2_chat):
 
 def test_missing_weights_say_the_hub_is_unreachable_and_name_the_config_key(tmp_path):
     for model in ("Qwen/Qwen3-4B-Base", str(tmp_path / "no-such-weights")):
-        with pytest.raises(WeightsNotFoundError, match=r"unreachable.*`model: /path/to/weights`"):
+        with pytest.raises(WeightsNotFoundError, match=r"unreachable.*`hf download .*`model: /path/to/weights`"):
             LabelLM(CausalLMConfig(model=model))
 
 

@@ -25,8 +25,8 @@ import hashlib
 import math
 import threading
 import time
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, Optional, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Callable, Dict, Optional, Sequence
 
 import numpy as np
 import ray
@@ -34,7 +34,7 @@ import ray
 from aar_ray.engines.base import BINARY_LABELS, Engine, Item
 
 if TYPE_CHECKING:
-    from aar_ray.models.causal_lm import CausalLMConfig
+    from aar_ray.models.lm_config import CausalLMConfig
 
 
 @dataclass
@@ -47,7 +47,11 @@ class PoolConfig:
     num_gpus: float = 1  # per replica (tensor_parallel == 1)
     num_cpus: float = 1
     tensor_parallel: int = 1
-    gpu_memory_utilization: float = 0.85  # leave room for LoRA fits sharing the GPU
+    gpu_memory_utilization: float = 0.85  # GPU replicas: share of the GPU; leave room for LoRA fits
+    # CPU replicas (vLLM's CPU build): KV-cache size in GiB. vLLM reads gpu_memory_utilization as a
+    # share of all the node's RAM on a CPU, which a shared node cannot give; this is used instead.
+    cpu_kv_cache_gib: float = 1.0
+    env: Dict[str, str] = field(default_factory=dict)  # environment variables of every replica process
     max_loras: int = 4  # adapters a vLLM engine keeps on the GPU at once
     scale_down_after_s: float = 300.0
 
@@ -64,12 +68,16 @@ def make_engine(model: "CausalLMConfig", pool: PoolConfig) -> Engine:
     if pool.engine == "vllm":
         from aar_ray.engines.vllm_engine import VLLMEngine
 
-        return VLLMEngine(model, pool.tensor_parallel, pool.gpu_memory_utilization, pool.max_loras)
+        return VLLMEngine(model, pool.tensor_parallel, pool.gpu_memory_utilization, pool.max_loras,
+                          cpu_kv_cache_gib=pool.cpu_kv_cache_gib)
     if pool.engine == "transformers":
         from aar_ray.engines.transformers_engine import TransformersEngine
 
         return TransformersEngine(model)
     raise ValueError(f"unknown engine {pool.engine!r}; use 'vllm' or 'transformers'")
+
+
+WARM_UP_PROMPT = "Question: Is this a warm-up?\nLabel:"
 
 
 class EngineReplica:
@@ -79,6 +87,9 @@ class EngineReplica:
         self.engine = factory()
 
     def ready(self) -> bool:
+        """True once the engine has answered a request: a loaded engine's first request still
+        pays for lazy set-up (kernels, graphs, caches), which must not land on a caller's batch."""
+        self.engine.score_labels([WARM_UP_PROMPT], None, BINARY_LABELS)
         return True
 
     def score_labels(self, items, adapter, labels, zero_shot=False):
@@ -291,6 +302,7 @@ class EnginePool:
     def _start(self) -> _Replica:
         cfg = self.config
         options: dict = {"num_cpus": cfg.num_cpus, "num_gpus": cfg.num_gpus}
+        env = {"runtime_env": {"env_vars": dict(cfg.env)}} if cfg.env else {}
         group = None
         if cfg.tensor_parallel > 1:
             from ray.util.placement_group import placement_group
@@ -301,7 +313,7 @@ class EnginePool:
             group = placement_group([{"GPU": 1, "CPU": 1}] * cfg.tensor_parallel, strategy="STRICT_PACK")
             options = {"num_cpus": 1, "num_gpus": 0, "scheduling_strategy": PlacementGroupSchedulingStrategy(
                 group, placement_group_bundle_index=0, placement_group_capture_child_tasks=True)}
-        handle = _replica_actor_class().options(**options).remote(self._factory)
+        handle = _replica_actor_class().options(**options, **env).remote(self._factory)
         for name, path in self._adapters.items():
             handle.load_adapter.remote(name, path)  # runs before any request: calls are ordered
         return _Replica(handle, handle.ready.remote(), group)

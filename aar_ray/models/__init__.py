@@ -31,7 +31,7 @@ def student_factory(testbed: str, home: Path, config: StudentConfig,
     `kind: causal_lm` gives the Qwen-scale student of a model preset, same contract; with the
     preset's `student.inference: pool` its base-model reads go through the preset's `engine_pool`."""
     if config.kind == "causal_lm":
-        from aar_ray.compute.presets import load_preset
+        from aar_ray.models.presets import load_preset
         from aar_ray.models.causal_lm import CausalLMStudent
 
         preset = load_preset(config.preset)
@@ -51,7 +51,7 @@ def release_student_pool(config: StudentConfig) -> bool:
     its GPUs go back to the cluster when a campaign or sweep ends. False if there was none."""
     if config.kind != "causal_lm":
         return False
-    from aar_ray.compute.presets import load_preset
+    from aar_ray.models.presets import load_preset
     from aar_ray.engines.pool import shared_pool_name, stop_shared_pool
 
     preset = load_preset(config.preset)

@@ -76,7 +76,7 @@ def binary_labels(labels) -> np.ndarray:
 def make_teacher(config: TeacherConfig, seed: int):
     """The weak teacher of a config: bag-of-words on CPU, or a preset's causal LM (LoRA)."""
     if config.kind == "causal_lm":
-        from aar_ray.compute.presets import load_preset
+        from aar_ray.models.presets import load_preset
         from aar_ray.models.causal_lm import CausalLMTeacher
 
         return CausalLMTeacher(load_preset(config.preset).teacher, seed)

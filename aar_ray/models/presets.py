@@ -1,5 +1,6 @@
-"""Model presets (conf/models/*.yaml): teacher and student model settings, the inference-engine
-pool and the fit tasks' Ray options, checked against their dataclasses (a misspelt key fails)."""
+"""Model presets (conf/models/*.yaml): the teacher's and the student's causal-LM settings and the
+inference-engine pool that serves the student's base model, checked against their dataclasses
+(a misspelt key fails). Importing this module loads no torch."""
 
 from __future__ import annotations
 
@@ -8,11 +9,16 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from aar_ray.compute.tasks import ComputeConfig
 from aar_ray.engines.pool import PoolConfig
-from aar_ray.models.causal_lm import CausalLMConfig
+from aar_ray.errors import UserError
+from aar_ray.models.lm_config import CausalLMConfig
+from aar_ray.models.weights import check_weights
 
 PRESET_DIR = Path(__file__).resolve().parents[2] / "conf" / "models"
+
+
+class PresetNotFoundError(UserError, FileNotFoundError):
+    """No model preset of that name or path."""
 
 
 @dataclass
@@ -20,7 +26,6 @@ class ModelPreset:
     teacher: CausalLMConfig = field(default_factory=CausalLMConfig)
     student: CausalLMConfig = field(default_factory=CausalLMConfig)
     engine_pool: PoolConfig = field(default_factory=PoolConfig)
-    compute: ComputeConfig = field(default_factory=ComputeConfig)
 
 
 def preset_names() -> list[str]:
@@ -34,7 +39,16 @@ def load_preset(name_or_path: str | Path, **overrides) -> ModelPreset:
     if path.suffix not in (".yaml", ".yml"):
         path = PRESET_DIR / f"{name_or_path}.yaml"
     if not path.exists():
-        raise FileNotFoundError(f"no model preset {name_or_path!r}; known: {preset_names()}")
+        raise PresetNotFoundError(f"no model preset {str(name_or_path)!r} (student.preset / teacher.preset); "
+                                  f"known: {', '.join(preset_names())}, or a path to a .yaml file")
     merged = OmegaConf.merge(OmegaConf.structured(ModelPreset), OmegaConf.load(path),
                              OmegaConf.from_dotlist([f"{k}={v}" for k, v in overrides.items()]))
     return OmegaConf.to_object(merged)
+
+
+def check_preset_weights(name_or_path: str | Path, role: str) -> None:
+    """Fail now, naming the preset and key, if the `role` ("student" or "teacher") model of a
+    preset is not on this machine: a run must not find out minutes later inside a Ray actor."""
+    preset = load_preset(name_or_path)
+    model = getattr(preset, role).model
+    check_weights(model, key=f"{role}.model", preset=str(name_or_path))
