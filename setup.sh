@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Install aar_ray into ./.venv: Debian packages (.ci/apt-packages.txt: bubblewrap for the sandbox,
-# postgresql whose server the tests start on their own), the CPU torch wheel, the project.
+# postgresql whose server the tests start on their own, chromium for the MLflow UI test), the CPU
+# torch wheel, the project.
 set -euo pipefail
 cd "$(dirname "$0")"
-if ! command -v bwrap >/dev/null || ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
+if ! command -v bwrap >/dev/null || ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || ! command -v chromium >/dev/null; then
     SUDO=$([ "$(id -u)" = 0 ] && echo "" || echo "sudo")
     $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $(cat .ci/apt-packages.txt) >/tmp/aar-apt.log 2>&1 \
         || { $SUDO apt-get update -q >>/tmp/aar-apt.log 2>&1 && $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $(cat .ci/apt-packages.txt) >>/tmp/aar-apt.log 2>&1; } \

@@ -2,9 +2,13 @@
 
 The top-k ideas by validation PGR are re-run from their code — not their submitted predictions —
 on the holdout half of the research testbed and on held-out testbeds, several seeds each, scored
-with the operator key. An idea whose holdout PGR falls well below its validation PGR is flagged.
-The teacher-ablation control re-runs the same ideas on the research testbed with the teacher's
-labels shuffled; an idea whose score does not move is flagged `ignores_teacher`.
+with the operator key. The teacher-ablation control re-runs the same ideas on the research
+testbed with the teacher's labels shuffled; an idea whose score does not move is flagged
+`ignores_teacher`.
+
+GENERALISATION_RULE is the flag's rule, stated as the report states it. The ideas checked are the
+top-k of `ranked_ideas`: unflagged ones only (a shortcut is not a candidate winner), and ideas
+whose predictions are identical counted once.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import ray
@@ -20,6 +25,14 @@ from aar_ray.experiments import ExperimentSpec, record_experiment
 from aar_ray.experiments.sweep import finish, submit_experiment
 from aar_ray.methods import parse_method
 from aar_ray.scoring import read_operator_key, scorer_actor
+from aar_ray.scoring.checks import same_predictions, scored_digests
+
+DOES_NOT_GENERALISE = "does_not_generalise"
+GENERALISATION_RULE = (
+    "`does_not_generalise`: on at least one testbed of the check (the research testbed's holdout "
+    "half or any held-out testbed) the idea's mean holdout PGR over seeds is more than "
+    "`flag_drop` ({drop}) below its validation PGR, or no seed there was scored; `fails_on` "
+    "names those testbeds.")
 
 # two-sided 95% t quantiles by degrees of freedom; seeds are few, so a z of 1.96 would be too tight
 _T95 = {1: 12.71, 2: 4.30, 3: 3.18, 4: 2.78, 5: 2.57, 6: 2.45, 7: 2.36, 8: 2.31, 9: 2.26}
@@ -33,17 +46,52 @@ def mean_ci(values: list[float]) -> tuple[float, float]:
     return float(np.mean(values)), _T95.get(len(values) - 1, 1.96) * sd / math.sqrt(len(values))
 
 
-def top_ideas(forum, testbed: str, k: int) -> list[dict]:
-    """Best result per distinct idea, best first."""
-    best: dict[str, dict] = {}
-    for row in forum.leaderboard(testbed, limit=10_000):
-        best.setdefault(row["idea"], row)
-    return list(best.values())[:k]
+def _seed_digests(result: dict, digests: dict[str, str]) -> dict[int, str]:
+    seeds = [int(s) for s in str(result.get("seeds") or "").split(",") if s.strip()]
+    keys = {seed: f"{result.get('call_key')}/seed{seed}" for seed in seeds}
+    return {seed: digests[key] for seed, key in keys.items() if key in digests}
+
+
+def _same_idea(entry: dict, result: dict) -> bool:
+    """The same library method and parameters (deterministic per seed), or the same idea file
+    of the same researcher run again."""
+    return entry["idea"] == result["idea"] and (
+        not result["idea"].startswith("idea:") or entry["researcher"] == result["researcher"])
+
+
+def ranked_ideas(forum, testbed: str, home: str) -> list[dict]:
+    """The campaign's results on `testbed`, best validation PGR first, one entry per distinct
+    answer: a result with the same predictions as a better one (another researcher, another
+    spelling of the same parameters) or the same idea run again is listed in that entry's
+    `same_as`, not as an entry of its own. Flags of the collapsed results join the entry's."""
+    digests = scored_digests(Path(home) / "sealed" / "audit.jsonl")
+    entries: list[dict] = []
+    for result in forum.leaderboard(testbed, limit=100_000):
+        if result["pgr"] is None:
+            continue
+        answers = _seed_digests(result, digests)
+        twin = next((e for e in entries if _same_idea(e, result) or same_predictions(e["answers"], answers)), None)
+        if twin is None:
+            entries.append({**result, "answers": answers, "same_as": []})
+            continue
+        twin["same_as"].append(f"{result['idea']} ({result['researcher']})")
+        twin["flags"] = ",".join(sorted(set(filter(None, f"{twin['flags']},{result['flags'] or ''}".split(",")))))
+    return entries
+
+
+def top_ideas(forum, testbed: str, k: int, home: str) -> list[dict]:
+    """The k best distinct unflagged ideas: the candidates for winner."""
+    return [e for e in ranked_ideas(forum, testbed, home) if not e["flags"]][:k]
+
+
+def fails_on(row: dict, testbeds: list[str], validation_pgr: float, drop: float) -> list[str]:
+    """The testbeds where an idea's holdout PGR is more than `drop` below its validation PGR
+    (or was not scored): GENERALISATION_RULE."""
+    return [t for t in testbeds
+            if not math.isfinite(row[f"{t}_holdout_pgr"]) or row[f"{t}_holdout_pgr"] < validation_pgr - drop]
 
 
 def _spec_for(idea: dict, forum, config, testbed: str, seed: int) -> ExperimentSpec:
-    from pathlib import Path
-
     home = str(Path(config.home).resolve())
     if idea["idea"].startswith("idea:"):
         code = forum.read_code(idea["code_ref"])["code"]
@@ -58,7 +106,7 @@ def generalisation_check(config, forum, tracker, parent_run_id: str) -> list[dic
     scorer = scorer_actor(config.home, config.scorer, config.teacher, config.student)
     key = read_operator_key(config.home)
     testbeds = [config.testbed, *config.heldout_testbeds]
-    ideas = top_ideas(forum, config.testbed, config.generalisation.top_k)
+    ideas = top_ideas(forum, config.testbed, config.generalisation.top_k, config.home)
     specs = [(idea, _spec_for(idea, forum, config, testbed, seed))
              for idea in ideas for testbed in testbeds for seed in config.generalisation.seeds]
     if config.generalisation.teacher_ablation:  # the same runs on the research testbed, teacher shuffled
@@ -68,16 +116,20 @@ def generalisation_check(config, forum, tracker, parent_run_id: str) -> list[dic
     scores: dict[tuple[str, str, bool], list[float]] = {}
     for idea, spec, ref in jobs:
         result, score, error = finish(ref, scorer, "operator", spec, key)
-        record_experiment(tracker, spec, result, score, "operator", error, parent_run_id)
+        record_experiment(tracker, spec, result, score, "operator", error, parent_run_id,
+                          extra_tags={"researcher": idea["researcher"]})
         if "pgr" in score:
             scores.setdefault((idea["idea"], spec.testbed, spec.shuffle_teacher), []).append(score["pgr"])
     table = []
     for idea in ideas:
-        row = {"idea": idea["idea"], "researcher": idea["researcher"], "validation_pgr": idea["pgr"]}
+        row = {"idea": idea["idea"], "researcher": idea["researcher"], "validation_pgr": idea["pgr"],
+               "same_as": ", ".join(idea["same_as"])}
         for testbed in testbeds:
             mean, ci = mean_ci(scores.get((idea["idea"], testbed, False), []))
             row[f"{testbed}_holdout_pgr"], row[f"{testbed}_ci95"] = round(mean, 3), round(ci, 3)
-        row["flagged"] = bool(row[f"{config.testbed}_holdout_pgr"] < idea["pgr"] - config.generalisation.flag_drop)
+        failed = fails_on(row, testbeds, idea["pgr"], config.generalisation.flag_drop)
+        row["fails_on"] = ", ".join(failed)
+        row["flagged"] = bool(failed)
         if config.generalisation.teacher_ablation:
             row.update(teacher_ablation(idea, row[f"{config.testbed}_holdout_pgr"],
                                         scores.get((idea["idea"], config.testbed, True), []),

@@ -1,15 +1,24 @@
 """The campaign report: a Markdown file a person can read without the MLflow UI, plus plots,
 all also logged as artifacts of the campaign's MLflow run.
 
-Sections: PGR over time (best so far, overall and per researcher), leaderboard, generalisation
-table, cost (tokens, dollars, agent-hours, $/agent-hour, experiment task hours), the lineage
-of each winning idea (the posts and shared code its researcher read before running it), and each
-researcher's final notes.
+Sections: PGR over time (best so far, overall and per researcher), the winners (unflagged ideas,
+best first, identical predictions collapsed into one entry) and, apart, the flagged ideas; the
+generalisation table and its rule; cost (tokens, dollars, agent-hours, $/agent-hour, experiment
+task hours), the lineage of each winning idea (the posts and shared code its researcher read
+before running it), and each researcher's final notes.
+
+The report is written twice: `report.md`, and `report.html` with its plots embedded, which MLflow's
+artifact viewer shows as a page (it shows Markdown as text, and a Markdown image as a literal
+line). The campaign's MLflow run and each researcher's get the summary metrics.
 """
 
 from __future__ import annotations
 
+import base64
+import html
 import json
+import math
+import re
 from pathlib import Path
 
 import matplotlib
@@ -18,6 +27,9 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from aar_ray.agents.checkpoint import final_notes, read_history  # noqa: E402
+from aar_ray.campaign.generalisation import DOES_NOT_GENERALISE, GENERALISATION_RULE, ranked_ideas  # noqa: E402
+
+UI_URL = "http://127.0.0.1:5000"  # where `aar ui` serves MLflow
 
 
 def plot_pgr_over_time(results: list[dict], path: Path) -> Path:
@@ -78,6 +90,60 @@ def cost_summary(statuses: list[dict], results: list[dict], wall_seconds: float)
             "gpu_hours": round(sum(r.get("gpu_seconds") or 0.0 for r in results) / 3600, 4)}
 
 
+def flag_ideas_that_do_not_generalise(ranked: list[dict], table: list[dict]) -> list[dict]:
+    """The ranked ideas with `does_not_generalise` joined to the flags of those the
+    generalisation check flagged (the check's verdict is the operator's: it stays off the forum,
+    which researchers read)."""
+    failing = {row["idea"] for row in table if row.get("flagged")}
+    out = []
+    for entry in ranked:
+        flags = [f for f in (entry.get("flags") or "").split(",") if f]
+        if entry["idea"] in failing:
+            flags.append(DOES_NOT_GENERALISE)
+        out.append({**entry, "flags": ",".join(flags), "same_as": ", ".join(entry.get("same_as", []))})
+    return out
+
+
+def _finite(values) -> list[float]:
+    return [float(v) for v in values if v is not None and math.isfinite(float(v))]
+
+
+def campaign_summary(config, winners: list[dict], results: list[dict], table: list[dict], cost: dict) -> dict:
+    """The campaign run's metrics: best (the winner's) and mean validation PGR, the winner's
+    holdout PGR on every testbed of the check, and cost."""
+    scored = _finite(r["pgr"] for r in results if r["testbed"] == config.testbed)
+    summary = {"experiments": cost["experiments"], "dollars": cost["dollars"], "tokens": cost["tokens"],
+               "agent_hours": cost["agent_hours"], "gpu_hours": cost["gpu_hours"], "winners": len(winners)}
+    if scored:
+        summary.update(mean_validation_pgr=sum(scored) / len(scored), best_validation_pgr_any=max(scored))
+    if winners:
+        summary["best_validation_pgr"] = winners[0]["pgr"]
+        row = next((r for r in table if r["idea"] == winners[0]["idea"]), None)
+        for testbed in [config.testbed, *config.heldout_testbeds] if row else []:
+            name = "winner_holdout_pgr" if testbed == config.testbed else f"winner_{testbed}_pgr"
+            summary[name] = row[f"{testbed}_holdout_pgr"]
+    return summary
+
+
+def researcher_summary(name: str, results: list[dict], status: dict) -> dict:
+    scored = _finite(r["pgr"] for r in results if r["researcher"] == name)
+    spent = status.get("spent", {})
+    summary = {"experiments": sum(r["researcher"] == name for r in results), "steps": status.get("steps", 0),
+               "dollars": spent.get("dollars", 0.0), "tokens": spent.get("tokens", 0)}
+    if scored:
+        summary.update(best_validation_pgr=max(scored), mean_validation_pgr=sum(scored) / len(scored))
+    return summary
+
+
+def finish_runs(tracker, parent_run_id: str, artifacts: list[Path], summary: dict,
+                statuses: list[dict], results: list[dict]) -> None:
+    """Summaries on each researcher's run and the campaign's, then both end."""
+    by_name = {s.get("name"): s for s in statuses}
+    for name, run_id in tracker.researcher_runs(parent_run_id).items():
+        tracker.finish_parent(run_id, summary=researcher_summary(name, results, by_name.get(name, {})))
+    tracker.finish_parent(parent_run_id, artifacts, summary=summary)
+
+
 def write_report(config, forum, tracker, parent_run_id: str, statuses: list[dict], table: list[dict],
                  wall_seconds: float) -> Path:
     from aar_ray.campaign import campaign_dir
@@ -86,26 +152,37 @@ def write_report(config, forum, tracker, parent_run_id: str, statuses: list[dict
     out = path / "report"
     out.mkdir(parents=True, exist_ok=True)
     results = forum.results()
-    board = forum.leaderboard(config.testbed, limit=10)
+    ranked = flag_ideas_that_do_not_generalise(ranked_ideas(forum, config.testbed, config.home), table)
+    winners = [e for e in ranked if not e["flags"]]
+    flagged = [e for e in ranked if e["flags"]]
     cost = cost_summary(statuses, results, wall_seconds)
     plot = plot_pgr_over_time(results, out / "pgr_over_time.png")
     (out / "generalisation.json").write_text(json.dumps(table, indent=2))
     (out / "cost.json").write_text(json.dumps(cost, indent=2))
     lines = [f"# Campaign `{config.name}`", "",
              f"Research testbed `{config.testbed}`; held-out testbeds: {', '.join(config.heldout_testbeds) or 'none'}; "
-             f"{cost['researchers']} researchers ({config.backend.kind}).", "",
+             f"{cost['researchers']} researchers ({config.backend.kind}). In the MLflow UI (`aar ui`): "
+             f"{tracker.results_url(UI_URL)}", "",
              "## PGR over time", "", "![PGR over time](pgr_over_time.png)", "",
-             "## Leaderboard (validation PGR, mean over the seeds of each experiment)", ""]
-    lines += _markdown_table(board, ["researcher", "idea", "pgr", "transfer_acc", "seeds", "flags"])
+             "## Winners: unflagged ideas (validation PGR, mean over the seeds of each experiment)", "",
+             "One entry per distinct answer: ideas whose predictions are identical to a better one's "
+             "are listed in its `same_as`.", ""]
+    columns = ["researcher", "idea", "pgr", "transfer_acc", "seeds", "same_as"]
+    lines += _markdown_table(winners[:10], columns) if winners else ["No idea passed every check."]
+    lines += ["", "## Flagged ideas (not candidates for winner; see the README's flag table)", ""]
+    lines += _markdown_table(flagged[:10], columns[:-1] + ["flags", "same_as"]) if flagged else ["None."]
     columns = ["idea", "researcher", "validation_pgr"] + [
-        c for t in [config.testbed, *config.heldout_testbeds] for c in (f"{t}_holdout_pgr", f"{t}_ci95")] + ["flagged"]
+        c for t in [config.testbed, *config.heldout_testbeds] for c in (f"{t}_holdout_pgr", f"{t}_ci95")]
+    columns += ["fails_on", "flagged"]
     if config.generalisation.teacher_ablation:
         columns += ["shuffled_teacher_pgr", "ignores_teacher"]
-    lines += ["", "## Generalisation (holdout PGR, mean and 95% CI half-width over seeds, re-run from code)", ""]
+    lines += ["", "## Generalisation (holdout PGR, mean and 95% CI half-width over seeds, re-run from code)", "",
+              f"The top {config.generalisation.top_k} unflagged ideas. "
+              + GENERALISATION_RULE.format(drop=config.generalisation.flag_drop), ""]
     lines += _markdown_table(table, columns)
     lines += ["", "## Cost", ""] + _markdown_table([cost], list(cost))
     lines += ["", "## Lineage of the winners", ""]
-    for row in board[:3]:
+    for row in winners[:3]:
         trace = lineage(path, row)
         lines.append(f"- `{row['idea']}` by {row['researcher']} (PGR {row['pgr']}): read shared code "
                      f"{trace['code_read'] or 'none'}, forum posts {trace['posts_read'] or 'none'}")
@@ -116,5 +193,68 @@ def write_report(config, forum, tracker, parent_run_id: str, statuses: list[dict
         lines += [f"### {status['name']}", "", notes or "(no notes kept)", ""]
     report = out / "report.md"
     report.write_text("\n".join(lines) + "\n")
-    tracker.finish_parent(parent_run_id, [report, plot, out / "generalisation.json", out / "cost.json"])
+    page = out / "report.html"
+    page.write_text(markdown_page(lines, out, title=f"Campaign {config.name}"))
+    summary = campaign_summary(config, winners, results, table, cost)
+    finish_runs(tracker, parent_run_id, [report, page, plot, out / "generalisation.json", out / "cost.json"],
+                summary, statuses, results)
     return report
+
+
+# --- the HTML page ------------------------------------------------------------------------------
+# Enough Markdown for what this report writes: headings, tables, lists, images, `code`, paragraphs.
+
+_IMAGE = re.compile(r"^!\[([^\]]*)\]\(([^)]+)\)$")
+
+
+def _inline(text: str) -> str:
+    escaped = html.escape(text)
+    escaped = re.sub(r"`([^`]+)`", r"<code>\1</code>", escaped)
+    return re.sub(r"(https?://[^\s<]+)", r'<a href="\1">\1</a>', escaped)
+
+
+def _image(alt: str, source: str, folder: Path) -> str:
+    """An image embedded as base64: the page shows it wherever it is opened from."""
+    path = folder / source
+    if not path.is_file():
+        return f"<p>[{html.escape(alt)}: {html.escape(source)} missing]</p>"
+    data = base64.b64encode(path.read_bytes()).decode()
+    return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{data}" style="max-width:100%">'
+
+
+def _table(rows: list[str]) -> str:
+    cells = [[c.strip() for c in row.strip().strip("|").split("|")] for row in rows
+             if not re.fullmatch(r"\|(-+\|)+", row.strip())]
+    head = "".join(f"<th>{_inline(c)}</th>" for c in cells[0])
+    body = "".join("<tr>" + "".join(f"<td>{_inline(c)}</td>" for c in row) + "</tr>" for row in cells[1:])
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def markdown_page(lines: list[str], folder: Path, title: str) -> str:
+    parts, i = [], 0
+    while i < len(lines):
+        line = lines[i]
+        if line.startswith("|"):
+            j = i
+            while j < len(lines) and lines[j].startswith("|"):
+                j += 1
+            parts.append(_table(lines[i:j]))
+            i = j
+            continue
+        heading = re.match(r"^(#{1,6}) (.*)$", line)
+        image = _IMAGE.match(line.strip())
+        if heading:
+            level = len(heading.group(1))
+            parts.append(f"<h{level}>{_inline(heading.group(2))}</h{level}>")
+        elif image:
+            parts.append(_image(image.group(1), image.group(2), folder))
+        elif line.startswith("- "):
+            parts.append(f"<ul><li>{_inline(line[2:])}</li></ul>")
+        elif line.strip():
+            parts.append(f"<p>{_inline(line)}</p>")
+        i += 1
+    style = ("body{font-family:sans-serif;max-width:1200px;margin:1em auto;padding:0 1em}"
+             "table{border-collapse:collapse;margin:0.5em 0}td,th{border:1px solid #ccc;padding:2px 6px;"
+             "font-size:13px}th{background:#f3f3f3}code{background:#f3f3f3;padding:0 2px}")
+    return (f"<!DOCTYPE html><html><head><meta charset=\"utf-8\"><title>{html.escape(title)}</title>"
+            f"<style>{style}</style></head><body>{''.join(parts)}</body></html>\n")

@@ -18,6 +18,7 @@ view's row order; nothing reads a sealed label.
 from __future__ import annotations
 
 import hashlib
+import json
 from pathlib import Path
 from typing import Iterable
 
@@ -34,6 +35,25 @@ def hard_predictions(probs) -> np.ndarray:
 
 def predictions_digest(hard: np.ndarray) -> str:
     return hashlib.sha256(np.packbits(hard).tobytes() + str(len(hard)).encode()).hexdigest()
+
+
+def scored_digests(audit_path: str | Path) -> dict[str, str]:
+    """{submission key: digest of its hard predictions} from the scorer's audit log (operator
+    side): how the report tells two ideas that answer every row alike, whatever their names."""
+    path = Path(audit_path)
+    digests: dict[str, str] = {}
+    for line in path.read_text().splitlines() if path.exists() else []:
+        entry = json.loads(line) if line else {}
+        if entry.get("outcome") == "scored" and entry.get("key") and entry.get("hard_predictions_sha256"):
+            digests[entry["key"]] = entry["hard_predictions_sha256"]
+    return digests
+
+
+def same_predictions(a: dict[int, str], b: dict[int, str]) -> bool:
+    """Two experiments ({seed: digest}) answered alike: on every seed both ran (at least one),
+    the same hard predictions."""
+    shared = a.keys() & b.keys()
+    return bool(shared) and all(a[seed] == b[seed] for seed in shared)
 
 
 # --- shortcuts --------------------------------------------------------------------------------

@@ -81,9 +81,9 @@ PACKAGE_ROOT = Path(__file__).resolve().parents[1]
 # The MLflow UI opens an experiment on its GenAI overview unless told it is model development.
 EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
 RESULTS_VIEW = "aar-results"  # the shared view `results_url` opens
-# Columns of that view: the summaries parent runs carry, then each experiment's own PGR.
-SUMMARY_COLUMNS = ("best_validation_pgr", "mean_validation_pgr", "pgr", "winner_holdout_pgr",
-                   "experiments", "dollars")
+# Columns of that view: the PGR summaries parent runs carry and each experiment's own PGR. Few,
+# so that all are on screen: the UI draws only the columns in view (cost is in the run's page).
+SUMMARY_COLUMNS = ("best_validation_pgr", "mean_validation_pgr", "pgr", "winner_holdout_pgr")
 SOURCE_NAME = "mlflow.source.name"
 SOURCE_COMMIT = "mlflow.source.git.commit"
 
@@ -148,8 +148,7 @@ class Tracker:
     def _publish_results_view(self) -> None:
         """The shared view `results_url` opens: the runs table with PGR summaries as columns,
         parent runs (best PGR) first."""
-        columns = [f"metrics.`{name}`" for name in SUMMARY_COLUMNS] + \
-            ["attributes.`Source`", "attributes.`Version`"]
+        columns = [f"metrics.`{name}`" for name in SUMMARY_COLUMNS]
         view = {"selectedColumns": columns, "orderByKey": "metrics.`best_validation_pgr`",
                 "orderByAsc": False}
         self.client.set_experiment_tag(self.experiment_id, f"mlflow.sharedViewState.{RESULTS_VIEW}",
@@ -158,8 +157,7 @@ class Tracker:
     def results_url(self, base_url: str) -> str:
         """The link to open this experiment on: the runs table with PGR shown (the UI's own
         default is a GenAI overview, and a runs table without metric columns)."""
-        return (f"{base_url.rstrip('/')}/#/experiments/{self.experiment_id}/runs"
-                f"?workflowType=machine_learning&viewStateShareKey={RESULTS_VIEW}")
+        return _view_link(base_url, self.experiment_id)
 
     def _reachable(self) -> bool:
         """A tracking server answers its health check within seconds. Asked before each write,
@@ -400,6 +398,19 @@ class Tracker:
             token = page.token
             if not token:
                 return pd.DataFrame(rows)
+
+
+def results_links(uri: str, base_url: str) -> dict[str, str]:
+    """{experiment name: the link that opens it on its PGR view} for every experiment in the
+    store that has the view: what `aar ui` prints."""
+    client = MlflowClient(uri)
+    view = f"mlflow.sharedViewState.{RESULTS_VIEW}"
+    return {e.name: _view_link(base_url, e.experiment_id) for e in client.search_experiments() if view in e.tags}
+
+
+def _view_link(base_url: str, experiment_id: str) -> str:
+    return (f"{base_url.rstrip('/')}/#/experiments/{experiment_id}/runs"
+            f"?workflowType=machine_learning&viewStateShareKey={RESULTS_VIEW}")
 
 
 def _run_row(run) -> dict:
