@@ -26,7 +26,7 @@ TARGETS = np.array([float(r["choice"] in ANIMALS) for r in ROWS])
 COMPARISON = [{"prompt": "Which one is an animal?", "first": a, "second": t} for a, t in zip(ANIMALS, THINGS)]
 AGREE = 1e-4  # float32 on both sides
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_torch_thread")]
 
 
 @pytest.fixture(scope="module")
