@@ -17,6 +17,11 @@ pytestmark = pytest.mark.slow
 CHECKOUT = Path(__file__).resolve().parents[1]
 
 
+def installed_sources(venv: Path) -> Path:
+    """The copy of the sources the wheel was built from."""
+    return venv.parent / "src"
+
+
 def run(*command, cwd, timeout=600):
     proc = subprocess.run([str(c) for c in command], cwd=cwd, capture_output=True, text=True, timeout=timeout)
     assert proc.returncode == 0, f"{' '.join(map(str, command))}:\n{proc.stdout}\n{proc.stderr}"
@@ -49,11 +54,13 @@ def installed(tmp_path_factory):
 
 def test_the_installed_package_is_the_wheel_and_carries_its_defaults(installed):
     venv, elsewhere = installed
-    probe = ("import aar_ray, aar_ray.resources as r; print(aar_ray.__file__); "
-             "print(*sorted(p.name for p in r.conf_dir().iterdir()))")
+    probe = ("import aar_ray, aar_ray.resources as r; print(aar_ray.__file__); d = r.conf_dir(); "
+             "print(*sorted(str(p.relative_to(d)) for p in d.rglob('*') if p.is_file()))")
     where, shipped = run(venv / "bin" / "python", "-c", probe, cwd=elsewhere).splitlines()
     assert Path(where).is_relative_to(venv) and not Path(where).is_relative_to(CHECKOUT)
-    assert shipped.split() == ["baseline.yaml", "campaign", "directions.yaml", "models", "prices.yaml"]
+    copied = installed_sources(venv) / "conf"
+    assert shipped.split() == sorted(str(p.relative_to(copied)) for p in copied.rglob("*") if p.is_file())
+    assert {"directions.yaml", "prices.yaml", "campaign/laptop.yaml"} <= set(shipped.split())
 
 
 def test_aar_methods_runs_from_another_directory(installed):
