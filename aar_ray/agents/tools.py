@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import errno
 import json
+import logging
 import os
 import stat
 import time
@@ -27,6 +28,8 @@ from aar_ray.models import StudentConfig, TeacherConfig
 from aar_ray.sandbox import MIB, Sandbox, SandboxLimits, workspace_usage
 from aar_ray.sandbox.quota import WorkspaceUsage
 from aar_ray.testbeds import load_public, testbed_meta
+
+log = logging.getLogger(__name__)
 
 TASK = """\
 Weak-to-strong supervision on testbed {testbed!r} ({format} rows). A weak teacher (bag-of-words,
@@ -249,14 +252,40 @@ def run_experiment(ctx: ToolContext, seeds: list[int], idea_file: str | None = N
     if not scored:
         raise ToolError("every seed failed:\n" + "\n".join(errors)[-4000:])
     mean = round(float(np.mean(scored)), 3)
+    label = spec.label if spec.code is None else f"idea:{spec.method}"
+    found = idea_novelty(ctx, label, spec.code, run_ids)  # against what the campaign held before this idea
     code_ref = ctx.forum.share_code(ctx.researcher, spec.method, spec.code) if spec.code else None
     raised = [f["pgr"] for f in feedback if f and f.get("improved")]
-    ctx.forum.record_result(ctx.researcher, ctx.testbed, spec.label if spec.code is None else f"idea:{spec.method}",
+    ctx.forum.record_result(ctx.researcher, ctx.testbed, label,
                             key, seeds, mean, float(np.mean(transfer)), run_ids, code_ref,
                             flags=",".join(sorted(flags)), gpu_seconds=gpu_seconds,
                             shown_pgr=max(raised) if raised else None)
     return {"idea": spec.label, "feedback_per_seed": dict(zip(map(str, seeds), feedback)),
-            "run_ids": run_ids, "errors": errors, "code_ref": code_ref}
+            "run_ids": run_ids, "errors": errors, "code_ref": code_ref, "novelty": found}
+
+
+NOVELTY_AUTHOR = "novelty-check"
+
+
+def idea_novelty(ctx: ToolContext, label: str, code: str | None, run_ids: list[str]) -> dict | None:
+    """The idea's novelty against the campaign's earlier ideas, posts and shared code (see
+    agents/novelty.py), also recorded on its MLflow runs; None when it cannot be computed."""
+    from aar_ray.agents.novelty import earlier_items, novelty
+
+    try:
+        found = novelty(ctx.researcher, label, code, earlier_items(ctx.forum, ctx.testbed))
+    except Exception:  # noqa: BLE001 - a missing encoder must not cost the researcher the experiment
+        log.warning("novelty of %s could not be computed", label, exc_info=True)
+        return None
+    nearest = found["nearest"][0] if found["nearest"] else None
+    ctx.tracker.annotate(run_ids, {"novelty": found["novelty"]}, {
+        "nearest_earlier": f"{nearest['kind']} {nearest['title']} ({nearest['author']})" if nearest else "",
+        **({"near_duplicate_of": found["near_duplicate_of"]} if found["near_duplicate_of"] else {})})
+    if found["near_duplicate_of"]:  # marked where every researcher reads, not refused
+        ctx.forum.post(NOVELTY_AUTHOR, f"Near-duplicate: {label} ({ctx.researcher})",
+                       f"{label} by {ctx.researcher} is {1 - found['novelty']:.2f} similar to the earlier "
+                       f"{found['near_duplicate_of']}.", run_ids)
+    return found
 
 
 def _experiment_spec(ctx: ToolContext, idea_file: str | None, method: str | None) -> ExperimentSpec:

@@ -104,6 +104,21 @@ def flag_ideas_that_do_not_generalise(ranked: list[dict], table: list[dict]) -> 
     return out
 
 
+def with_novelty(tracker, entries: list[dict]) -> list[dict]:
+    """Each entry with the novelty recorded on its first MLflow run (see agents/novelty.py):
+    `novelty` (1 - similarity to the nearest earlier idea, post or shared code) and
+    `near_duplicate_of` (another researcher's earlier idea it nearly repeats)."""
+    out = []
+    for entry in entries:
+        run_ids = [r for r in json.loads(entry.get("run_ids") or "[]") if not str(r).startswith("pending:")]
+        metrics, tags = {}, {}
+        if run_ids:
+            run = tracker.client.get_run(run_ids[0])
+            metrics, tags = run.data.metrics, run.data.tags
+        out.append({**entry, "novelty": metrics.get("novelty", ""), "near_duplicate_of": tags.get("near_duplicate_of", "")})
+    return out
+
+
 def _finite(values) -> list[float]:
     return [float(v) for v in values if v is not None and math.isfinite(float(v))]
 
@@ -153,8 +168,8 @@ def write_report(config, forum, tracker, parent_run_id: str, statuses: list[dict
     out.mkdir(parents=True, exist_ok=True)
     results = forum.results()
     ranked = flag_ideas_that_do_not_generalise(ranked_ideas(forum, config.testbed, config.home), table)
-    winners = [e for e in ranked if not e["flags"]]
-    flagged = [e for e in ranked if e["flags"]]
+    winners = with_novelty(tracker, [e for e in ranked if not e["flags"]][:10])
+    flagged = with_novelty(tracker, [e for e in ranked if e["flags"]][:10])
     cost = cost_summary(statuses, results, wall_seconds)
     plot = plot_pgr_over_time(results, out / "pgr_over_time.png")
     (out / "generalisation.json").write_text(json.dumps(table, indent=2))
@@ -166,11 +181,12 @@ def write_report(config, forum, tracker, parent_run_id: str, statuses: list[dict
              "## PGR over time", "", "![PGR over time](pgr_over_time.png)", "",
              "## Winners: unflagged ideas (validation PGR, mean over the seeds of each experiment)", "",
              "One entry per distinct answer: ideas whose predictions are identical to a better one's "
-             "are listed in its `same_as`.", ""]
-    columns = ["researcher", "idea", "pgr", "transfer_acc", "seeds", "same_as"]
-    lines += _markdown_table(winners[:10], columns) if winners else ["No idea passed every check."]
+             "are listed in its `same_as`. `novelty`: 1 minus the similarity (meaning or code) to the "
+             "nearest idea, post or shared code of the campaign before it.", ""]
+    columns = ["researcher", "idea", "pgr", "transfer_acc", "seeds", "novelty", "near_duplicate_of", "same_as"]
+    lines += _markdown_table(winners, columns) if winners else ["No idea passed every check."]
     lines += ["", "## Flagged ideas (not candidates for winner; see the README's flag table)", ""]
-    lines += _markdown_table(flagged[:10], columns[:-1] + ["flags", "same_as"]) if flagged else ["None."]
+    lines += _markdown_table(flagged, columns[:-1] + ["flags", "same_as"]) if flagged else ["None."]
     columns = ["idea", "researcher", "validation_pgr"] + [
         c for t in [config.testbed, *config.heldout_testbeds] for c in (f"{t}_holdout_pgr", f"{t}_ci95")]
     columns += ["fails_on", "flagged"]

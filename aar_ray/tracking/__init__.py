@@ -300,6 +300,18 @@ class Tracker:
         if flag not in flags:
             self.client.set_tag(run_id, "flags", ",".join([*flags, flag]))
 
+    def annotate(self, run_ids: list[str], metrics: dict, tags: dict) -> None:
+        """Add metrics and tags to recorded runs (a run still in the spool is skipped)."""
+        now = int(time.time() * 1000)
+        for run_id in run_ids:
+            if str(run_id).startswith("pending:"):
+                continue
+            try:
+                self.client.log_batch(run_id, metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()],
+                                      tags=[RunTag(k, str(v)[:4000]) for k, v in tags.items()])
+            except Exception as err:  # the store went away: the run lacks these, the experiment stands
+                log.warning("could not annotate run %s (%s: %s)", run_id, type(err).__name__, err)
+
     def start_parent(self, run_name: str, params: dict, parent_run_id: str | None = None,
                      tags: dict | None = None) -> str:
         """A run that groups others (a sweep, a campaign, a researcher of a campaign)."""
