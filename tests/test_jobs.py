@@ -1,11 +1,15 @@
-"""`ray job submit`, as the README says to do it: a real head started with `ray start --head
---block` from the project's venv (its `python` is the job's), the README's one submit command
-from the checkout, and the head stopped by its pid without touching any other Ray on the machine.
+"""`ray job submit` on a real multi-node Ray cluster on this machine, driven as the README says:
+`clusters/one_host.sh up` starts a head with no CPUs (so experiments must run on workers) and
+two one-CPU worker nodes, each a separate `ray start` process with its own ports and scratch
+folder, from the project's venv; jobs are submitted with the README's one command from a copy
+of the checkout; `clusters/one_host.sh down` stops exactly these nodes.
 
-The head's nodes export AAR_HOME, as the cluster files do; jobs pass no --home and no
---tracking-uri, so everything they keep lands in that home, where `aar` run from any other
-directory finds it, and a campaign started by one job is resumed by the next."""
+The nodes export AAR_HOME, as the cluster files do (here every node sees the same local folder,
+as nodes see one NFS mount); jobs pass no --home and no --tracking-uri, so everything they keep
+lands in that home, where `aar` run from any other directory finds it, and a campaign started by
+one job is resumed by the next, even after the checkout changed and a worker node died."""
 
+import json
 import os
 import shutil
 import socket
@@ -17,6 +21,7 @@ from pathlib import Path
 
 import mlflow
 import pandas as pd
+import psutil
 import pytest
 import yaml
 
@@ -31,6 +36,7 @@ STATE = ("mlflow.db", "mlartifacts", "forum.db", "campaigns", "tracking-spool", 
 SMALL_CAMPAIGN = ["testbed=tax-small", "heldout_testbeds=[pref-small]", "researchers=2",
                   "researcher_limits.max_experiments=3", "generalisation.top_k=2",
                   "generalisation.seeds=[1,2]", "scorer.baseline_seeds=2"]
+WORKERS = 2
 
 
 def test_runtime_env_is_valid_for_ray():
@@ -57,75 +63,76 @@ def test_one_submit_command_everywhere():
         assert flat.count(command) >= 1 and flat.count(command) == flat.count("ray job submit --"), where
 
 
-class Head:
-    def __init__(self, address: str, home: Path, temp_dir: str, ports: list[int], proc):
-        self.address, self.home, self.temp_dir, self.ports, self.proc = address, home, temp_dir, ports, proc
+class Cluster:
+    def __init__(self, address: str, home: Path, folder: Path, checkout: Path):
+        self.address, self.home, self.folder, self.checkout = address, home, folder, checkout
+
+    def nodes(self) -> list[dict]:
+        listed = _ray_job(self, "list", "nodes", "--address", "{address}", "--format", "json", timeout=120)
+        return json.loads(listed.stdout)
+
+    def package_folders(self) -> list[Path]:
+        """Ray's unpacked copies of the submitted checkout, on every node."""
+        return list(self.folder.glob("*/session_*/runtime_resources/working_dir_files/*"))
 
 
 @pytest.fixture(scope="module")
-def head(small_home, tmp_path_factory):
+def cluster(small_home, tmp_path_factory):
     home = tmp_path_factory.mktemp("cluster") / "shared-aar-home"
     shutil.copytree(small_home, home, ignore=shutil.ignore_patterns(*STATE))
+    folder = Path(tempfile.mkdtemp(prefix="rayc", dir="/tmp"))  # short: Ray's socket paths must fit
+    checkout = _copy_of_checkout(tmp_path_factory.mktemp("checkout"))
     venv = Path(sys.executable).parent
-    # `source .venv/bin/activate` before `ray start`, and the node's AAR_HOME as clusters/ set it
+    # `source .venv/bin/activate` and the nodes' AAR_HOME, as the README's recipe does
     env = {**os.environ, "PATH": f"{venv}:{os.environ['PATH']}", "VIRTUAL_ENV": str(venv.parent),
-           "AAR_HOME": str(home), "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
-    for name in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI", "RAY_AUTH_MODE"):
+           "AAR_HOME": str(home)}
+    for name in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI", "RAY_AUTH_MODE", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"):
         env.pop(name, None)
-    temp_dir = tempfile.mkdtemp(prefix="ray", dir="/tmp")  # short: Ray's socket paths must fit
-    dashboard = _free_port()
-    # every port its own, so another Ray on this machine (a developer's, a test's) cannot clash
-    names = ("port", "dashboard-agent-listen-port", "dashboard-agent-grpc-port", "metrics-export-port",
-             "runtime-env-agent-port", "ray-client-server-port", "node-manager-port", "object-manager-port")
-    ports = {name: _free_port() for name in names}
-    log = open(f"{temp_dir}.log", "w")
-    proc = subprocess.Popen(
-        ["ray", "start", "--head", "--block", "--temp-dir", temp_dir, f"--dashboard-port={dashboard}",
-         *(f"--{n}={p}" for n, p in ports.items()), "--num-cpus", "2", "--disable-usage-stats"],
-        env=env, stdout=log, stderr=subprocess.STDOUT)
-    address = f"http://127.0.0.1:{dashboard}"
-    deadline = time.time() + 180
-    while subprocess.run([RAY, "job", "list", "--address", address], env=_client_env(), capture_output=True,
-                         timeout=120).returncode != 0:  # the README's `until ... ray job list` loop
-        if proc.poll() is not None or time.time() > deadline:
-            _stop_head(proc, temp_dir, [dashboard, *ports.values()])
-            pytest.fail(f"the head did not come up; see {temp_dir}.log")
-        time.sleep(2)
-    yield Head(address, home, temp_dir, [dashboard, *ports.values()], proc)
-    _stop_head(proc, temp_dir, [dashboard, *ports.values()])
-    log.close()
+    env["AAR_DASHBOARD_PORT"] = str(_free_port())  # 8265 may be a developer's own head
+    up = subprocess.run(["clusters/one_host.sh", "up", str(folder), str(WORKERS)], cwd=REPO, env=env,
+                        capture_output=True, text=True, timeout=600)
+    try:
+        assert up.returncode == 0, up.stdout[-2000:] + up.stderr[-2000:]
+        yield Cluster(up.stdout.split("dashboard ")[-1].strip(), home, folder, checkout)
+    finally:
+        _stop(folder, env)
 
 
-def _free_port():
+def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 
 
-def _stop_head(proc, temp_dir, ports):
-    """The README's way: `kill $RAY_HEAD_PID` (SIGTERM to `ray start --block`). It must leave no
-    process of this head behind (`ray stop` would stop every Ray of the user on the machine)."""
-    import psutil
+def _copy_of_checkout(dest: Path) -> Path:
+    """The checkout's files as `git` sees them (tracked and new, not ignored): a user's tree."""
+    files = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"], cwd=REPO,
+                           capture_output=True, text=True, check=True).stdout.split("\0")
+    for name in filter(None, files):
+        if (REPO / name).is_file():
+            (dest / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO / name, dest / name)
+    return dest
 
-    proc.terminate()
-    proc.wait(timeout=120)
+
+def _stop(folder: Path, env: dict):
+    """The README's way, `clusters/one_host.sh down`: it must leave no process of these nodes
+    behind (`ray stop` would stop every Ray of the user on the machine)."""
+    subprocess.run(["clusters/one_host.sh", "down", str(folder)], cwd=REPO, env=env, timeout=300)
     deadline = time.time() + 30
-    while (left := _processes_of(temp_dir, ports)) and time.time() < deadline:
+    while (left := _processes_of(folder)) and time.time() < deadline:
         time.sleep(0.5)
-    for p in left:  # clean up before failing, so no test leaves a head running
+    for p in left:  # clean up before failing, so no test leaves a node running
         p.kill()
-    shutil.rmtree(temp_dir, ignore_errors=True)
+    shutil.rmtree(folder, ignore_errors=True)
     assert not left, [" ".join(p.cmdline())[:200] for p in left]
 
 
-def _processes_of(temp_dir, ports):
-    import psutil
-
+def _processes_of(folder: Path):
     found = []
     for p in psutil.process_iter(["cmdline"]):
         try:
-            if any(temp_dir in part for part in p.info["cmdline"] or []) or any(
-                    c.laddr.port in ports for c in p.net_connections() if c.status == psutil.CONN_LISTEN):
+            if any(str(folder) in part for part in p.info["cmdline"] or []):
                 found.append(p)
         except psutil.Error:
             continue
@@ -140,23 +147,24 @@ def _client_env():
     return env
 
 
-def _ray_job(head, *args, timeout=900):
-    """`ray job submit|stop|...` from the checkout; a fresh head's job agent needs a few seconds."""
-    command = [RAY, *[a.format(address=head.address) for a in args]]
+def _ray_job(cluster, *args, timeout=900):
+    """`ray job submit|stop|...` (or another `ray` command) from the copy of the checkout; a
+    fresh head's job agent needs a few seconds."""
+    command = [RAY, *[a.format(address=cluster.address) for a in args]]
     deadline = time.time() + 120
     while True:
-        proc = subprocess.run(command, cwd=REPO, env=_client_env(), capture_output=True, text=True,
+        proc = subprocess.run(command, cwd=cluster.checkout, env=_client_env(), capture_output=True, text=True,
                               timeout=timeout)
         if "No available agent" not in proc.stderr or time.time() > deadline:
             return proc
         time.sleep(2)
 
 
-def _submit(head, *entrypoint, no_wait=False):
+def _submit(cluster, *entrypoint, no_wait=False):
     submit = [a for a in SUBMIT[1:]]
     if no_wait:
         submit.insert(2, "--no-wait")
-    return _ray_job(head, *submit, "python", *entrypoint)
+    return _ray_job(cluster, *submit, "python", *entrypoint)
 
 
 def _submission_id(proc) -> str:
@@ -166,12 +174,12 @@ def _submission_id(proc) -> str:
     raise AssertionError(proc.stdout + proc.stderr)
 
 
-def _wait_job(head, job_id, timeout=900) -> str:
+def _wait_job(cluster, job_id, timeout=900) -> str:
     """SUCCEEDED, FAILED or STOPPED, as `ray job status` says it."""
     said = {"' succeeded": "SUCCEEDED", "' failed": "FAILED", "' was stopped": "STOPPED"}
     deadline = time.time() + timeout
     while time.time() < deadline:
-        proc = _ray_job(head, "job", "status", "--address", "{address}", job_id, timeout=120)
+        proc = _ray_job(cluster, "job", "status", "--address", "{address}", job_id, timeout=120)
         for words, status in said.items():
             if f"{job_id}{words}" in proc.stdout + proc.stderr:
                 return status
@@ -188,75 +196,163 @@ def _aar(*args, home, cwd):
                           capture_output=True, text=True, timeout=600)
 
 
-def _working_dirs(head):
-    return list(Path(head.temp_dir).glob("session_*/runtime_resources/working_dir_files/*"))
+def _experiment_runs(home: Path, experiment: str) -> pd.DataFrame:
+    mlflow.set_tracking_uri(f"sqlite:///{home / 'mlflow.db'}")
+    return mlflow.search_runs(experiment_names=[experiment], filter_string="tags.aar_kind = 'experiment'")
 
 
-def test_a_job_keeps_its_results_in_the_home_where_aar_finds_them_from_anywhere(head, tmp_path):
-    proc = _submit(head, "jobs/baseline.py", "--testbed", "tax-small", "--method", "zero_shot_prior",
+def _assert_only_in_the_home(cluster):
+    """Nothing in the jobs' working directories, Ray's temporary copies of the checkout on each
+    node, is the only copy of anything: they hold no state at all."""
+    packages = cluster.package_folders()
+    assert packages and not [p / name for p in packages for name in (*STATE, ".aar") if (p / name).exists()]
+
+
+def test_a_job_keeps_its_results_in_the_home_where_aar_finds_them_from_anywhere(cluster, tmp_path):
+    proc = _submit(cluster, "jobs/baseline.py", "--testbed", "tax-small", "--method", "zero_shot_prior",
                    "--seeds", "1-2", "scorer.baseline_seeds=2")
     assert proc.returncode == 0 and "succeeded" in proc.stdout + proc.stderr, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "zero_shot_prior" in proc.stdout  # the job's own output: the leaderboard
-    # nothing in the job's working directory, Ray's temporary copy of the checkout
-    packages = _working_dirs(head)
-    assert packages and not any((p / name).exists() for p in packages for name in (*STATE, ".aar"))
-    mlflow.set_tracking_uri(f"sqlite:///{head.home / 'mlflow.db'}")
-    runs = mlflow.search_runs(experiment_names=["aar-baselines"], filter_string="tags.aar_kind = 'experiment'")
-    assert len(runs) == 2 and all(uri.startswith((head.home / "mlartifacts").as_uri()) for uri in runs["artifact_uri"])
-    board = _aar("leaderboard", home=head.home, cwd=tmp_path)  # another directory, another process
+    _assert_only_in_the_home(cluster)
+    runs = _experiment_runs(cluster.home, "aar-baselines")
+    assert len(runs) == 2 and all(uri.startswith((cluster.home / "mlartifacts").as_uri()) for uri in runs["artifact_uri"])
+    workers = {n["node_id"] for n in cluster.nodes() if not n["is_head_node"]}
+    assert len(workers) == WORKERS and set(runs["tags.ray_node_id"]) <= workers  # the head has no CPU for them
+    board = _aar("leaderboard", home=cluster.home, cwd=tmp_path)  # another directory, another process
     assert board.returncode == 0 and "tax-small" in board.stdout and "zero_shot_prior" in board.stdout
+    assert sorted(_pgr_in_aar_ui(cluster.home, tmp_path, "aar-baselines")) == sorted(runs["metrics.pgr"])
 
 
-def test_a_relative_home_in_a_job_is_refused_naming_the_key(head):
-    proc = _submit(head, "jobs/baseline.py", "--testbed", "tax-small", "--seeds", "1", "--home", ".aar")
+def _pgr_in_aar_ui(home: Path, cwd: Path, experiment: str, timeout: float = 180) -> list[float]:
+    """The experiment runs' PGR as `aar ui`, started in another directory, serves them."""
+    import requests
+
+    port = _free_port()
+    env = {**os.environ, "AAR_HOME": str(home)}
+    for name in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI"):
+        env.pop(name, None)
+    ui = subprocess.Popen([sys.executable, "-m", "aar_ray.cli", "ui", "--port", str(port)], cwd=cwd, env=env,
+                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    api = f"http://127.0.0.1:{port}/api/2.0/mlflow"
+    try:
+        deadline = time.time() + timeout
+        while True:
+            try:
+                found = requests.get(f"{api}/experiments/get-by-name", params={"experiment_name": experiment}, timeout=10)
+                break
+            except requests.ConnectionError:
+                assert ui.poll() is None and time.time() < deadline, "aar ui did not serve"
+                time.sleep(1)
+        search = requests.post(f"{api}/runs/search", timeout=30, json={
+            "experiment_ids": [found.json()["experiment"]["experiment_id"]],
+            "filter": "tags.aar_kind = 'experiment'"}).json()
+        return [m["value"] for run in search["runs"] for m in run["data"]["metrics"] if m["key"] == "pgr"]
+    finally:
+        os.killpg(ui.pid, 15)
+        ui.wait(timeout=30)
+
+
+def test_a_relative_home_in_a_job_is_refused_naming_the_key(cluster):
+    proc = _submit(cluster, "jobs/baseline.py", "--testbed", "tax-small", "--seeds", "1", "--home", ".aar")
     out = proc.stdout + proc.stderr
     assert proc.returncode != 0 and "failed" in out, out[-3000:]
     assert "home='.aar' is relative, and this process runs inside a Ray job" in out
     assert "Traceback" not in out  # refused at the entry point, before any work
 
 
-def test_a_campaign_started_by_one_job_is_resumed_by_another(head, tmp_path):
+def test_a_campaign_survives_a_stopped_job_an_edited_checkout_and_a_dead_worker_node(cluster, tmp_path):
     name = "jobcamp"
     campaign = ["jobs/campaign.py", "--config", "conf/campaign/laptop.yaml", f"name={name}", *SMALL_CAMPAIGN]
-    first = _submission_id(_submit(head, *campaign, no_wait=True))
-    lock = head.home / "campaigns" / name / "lock.json"
-    deadline = time.time() + 600
-    while not lock.exists():
-        assert time.time() < deadline, "the first job never took the campaign's lock"
-        time.sleep(1)
+    first = _submission_id(_submit(cluster, *campaign, no_wait=True))
+    lock = cluster.home / "campaigns" / name / "lock.json"
+    _wait_for(lambda: lock.exists(), 600, "the first job never took the campaign's lock")
 
     # a second driver, anywhere on the cluster, is refused before any set-up
-    second = _submit(head, *campaign, "--resume")
+    second = _submit(cluster, *campaign, "--resume")
     out = second.stdout + second.stderr
     assert second.returncode != 0 and f"campaign '{name}' is running" in out, out[-3000:]
     assert "preparing testbeds" not in out
 
-    forum = head.home / "forum.db"
-    deadline = time.time() + 900
-    while not (forum.exists() and len(_results(forum, name)) > 0):
-        assert time.time() < deadline, "no result from the first job"
-        time.sleep(2)
-    stopped = _ray_job(head, "job", "stop", "--address", "{address}", first, timeout=300)
+    forum = cluster.home / "forum.db"
+    _wait_for(lambda: forum.exists() and len(_results(forum, name)) > 0, 900, "no result from the first job")
+    stopped = _ray_job(cluster, "job", "stop", "--address", "{address}", first, timeout=300)
     assert stopped.returncode == 0, stopped.stderr[-2000:]
-    assert _wait_job(head, first) == "STOPPED"
+    assert _wait_job(cluster, first) == "STOPPED"
     # `ray job stop` sends SIGTERM: the driver ends like on Ctrl-C, in one line, well within the
     # seconds Ray waits before SIGKILL (RAY_JOB_STOP_WAIT_TIME_S, 3 s by default)
-    logs = _ray_job(head, "job", "logs", "--address", "{address}", first, timeout=120).stdout
+    logs = _ray_job(cluster, "job", "logs", "--address", "{address}", first, timeout=120).stdout
     assert f"aar campaign: campaign '{name}' interrupted;" in logs and "Traceback" not in logs, logs[-3000:]
     assert not lock.exists()
+    operator_key = _operator_key(cluster.home)
 
-    resumed = _submit(head, *campaign, "--resume")
-    assert resumed.returncode == 0 and "succeeded" in resumed.stdout + resumed.stderr, resumed.stdout[-3000:]
+    # the user edits the checkout: the next job is another package, in another folder
+    packages_before = {p.name for p in cluster.package_folders()}
+    config = cluster.checkout / "conf" / "campaign" / "laptop.yaml"
+    config.write_text(config.read_text() + "\n# edited between two jobs\n")
+    resumed = _submission_id(_submit(cluster, *campaign, "--resume", no_wait=True))
+    # a worker node dies (its raylet, by pid) while one of the campaign's experiments runs on it
+    killed = _kill_a_worker_running_an_experiment(cluster, resumed)
+    assert _wait_job(cluster, resumed) == "SUCCEEDED", _ray_job(cluster, "job", "logs", "--address", "{address}",
+                                                               resumed).stdout[-3000:]
+    assert {p.name for p in cluster.package_folders()} - packages_before  # it did run the edited copy
+    _assert_only_in_the_home(cluster)
+
     results = _results(forum, name)
     assert len(results) == len(set(results["call_key"])) == 2 * 3  # every experiment exactly once
-    status = _aar("campaign", "status", "--name", name, home=head.home, cwd=tmp_path)
+    scored = [e["key"] for e in _audit(cluster.home) if e["outcome"] == "scored" and e.get("key")]
+    assert len(scored) == len(set(scored))  # and scored once: a retried experiment is replayed, not rescored
+    assert _operator_key(cluster.home) == operator_key  # the same sealed store, the same budgets
+    runs = _experiment_runs(cluster.home, f"campaign-{name}")
+    alive = {n["node_id"] for n in cluster.nodes() if n["state"] == "ALIVE" and not n["is_head_node"]}
+    assert killed not in alive and set(runs["tags.ray_node_id"].dropna()) <= alive | {killed}
+    status = _aar("campaign", "status", "--name", name, home=cluster.home, cwd=tmp_path)
     rows = [line for line in status.stdout.splitlines() if line.startswith("{")]
     assert status.returncode == 0 and len(rows) == 2 and all('"stopped": "finished' in r for r in rows), status.stdout
-    report = _aar("report", name, home=head.home, cwd=tmp_path)
+    report = _aar("report", name, home=cluster.home, cwd=tmp_path)
     assert report.returncode == 0 and "## Generalisation" in report.stdout
-    mlflow.set_tracking_uri(f"sqlite:///{head.home / 'mlflow.db'}")
-    runs = mlflow.search_runs(experiment_names=[f"campaign-{name}"])
-    assert "RUNNING" not in set(runs["status"]) and not lock.exists()
+    mlflow.set_tracking_uri(f"sqlite:///{cluster.home / 'mlflow.db'}")
+    assert "RUNNING" not in set(mlflow.search_runs(experiment_names=[f"campaign-{name}"])["status"])
+    assert not lock.exists()
+
+
+def _kill_a_worker_running_an_experiment(cluster, job_id: str) -> str:
+    """SIGKILL the raylet of a worker node on which an experiment task is running; its node id."""
+    def running_node():
+        listed = _ray_job(cluster, "list", "tasks", "--address", "{address}", "--format", "json",
+                          "--filter", "state=RUNNING", "--filter", "name=run_method_task", timeout=120)
+        said = listed.stdout.strip()  # a JSON list, or "No resource in the cluster" when none runs
+        tasks = json.loads(said) if listed.returncode == 0 and said.startswith("[") else []
+        return next((t["node_id"] for t in tasks if t.get("node_id")), None)
+
+    _wait_for(lambda: running_node() is not None or _job_ended(cluster, job_id), 900,
+              "no experiment of the resumed job ever ran")
+    node = running_node()
+    assert node is not None, "the resumed job ended before an experiment could be interrupted"
+    [raylet] = [p for p in psutil.process_iter(["name", "cmdline"])
+                if p.info["name"] == "raylet" and f"--node_id={node}" in (p.info["cmdline"] or [])]
+    assert f"--temp_dir={cluster.folder}/worker-" in " ".join(raylet.cmdline())  # a worker, never the head
+    raylet.kill()
+    return node
+
+
+def _job_ended(cluster, job_id: str) -> bool:
+    proc = _ray_job(cluster, "job", "status", "--address", "{address}", job_id, timeout=120)
+    return any(f"{job_id}{words}" in proc.stdout + proc.stderr for words in ("' succeeded", "' failed", "' was stopped"))
+
+
+def _wait_for(condition, seconds: float, message: str):
+    deadline = time.time() + seconds
+    while not condition():
+        assert time.time() < deadline, message
+        time.sleep(1)
+
+
+def _operator_key(home: Path) -> str:
+    return (home / "sealed" / "operator.key").read_text()
+
+
+def _audit(home: Path) -> list[dict]:
+    return [json.loads(line) for line in (home / "sealed" / "audit.jsonl").read_text().splitlines() if line]
 
 
 def _results(db, campaign):

@@ -53,6 +53,7 @@ class MethodResult:
     metrics: dict
     wall_seconds: float
     cpu_seconds: float
+    node_id: str = ""  # the Ray node that ran it ("" outside Ray): on a cluster, which worker
 
     def half(self, split: str) -> tuple[list, np.ndarray]:
         """(ids, probs) of the rows the scorer scores for `split` (validation or holdout)."""
@@ -155,6 +156,7 @@ def record_experiment(tracker, spec: ExperimentSpec, result: MethodResult | None
             **({"ablation": "shuffled_teacher"} if spec.shuffle_teacher else {}),
             **({"flags": ",".join(score["flags"])} if score.get("flags") else {}),
             **({"error": error[:4000]} if error else {}), **({"aar_key": key} if key else {}),
+            **({"ray_node_id": result.node_id} if result is not None and result.node_id else {}),
             **(extra_tags or {})}
     return tracker.log_experiment(
         spec.run_name, experiment_params(spec), metrics, tags,

@@ -27,7 +27,7 @@ def score_holdout(testbed: str, method: str, seeds: list[int], home: str, tracki
     name, params = parse_method(method)
     scorer = scorer_actor(home, ScorerConfig(), teacher, student)
     key = read_operator_key(home)
-    tracker = Tracker(tracking_uri, experiment)
+    tracker = Tracker(tracking_uri, experiment, Path(home) / "tracking-spool")  # this home, not the default one
     rows = []
     for seed in seeds:
         spec = ExperimentSpec(testbed, name, seed, home, params, student, teacher, eval_split="holdout",

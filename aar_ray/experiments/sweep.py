@@ -59,8 +59,11 @@ def run_method_task(spec: ExperimentSpec):
     if spec.code is not None:
         from aar_ray.experiments.ideas import run_idea
 
-        return run_idea(spec)  # agent-written code: only ever inside the sandbox
-    return run_method(spec)
+        result = run_idea(spec)  # agent-written code: only ever inside the sandbox
+    else:
+        result = run_method(spec)
+    result.node_id = ray.get_runtime_context().get_node_id()
+    return result
 
 
 def submit_experiment(spec: ExperimentSpec):
@@ -123,7 +126,7 @@ def run_sweep(config: BaselineConfig, progress: bool = True) -> pd.DataFrame:
     connect_ray()
     scorer = scorer_actor(config.home, config.scorer, config.teacher, config.student)
     prepare(config, scorer, progress)
-    tracker = Tracker(config.tracking.uri or None, config.tracking.experiment)
+    tracker = Tracker(config.tracking.uri or None, config.tracking.experiment, Path(config.home) / "tracking-spool")
     operator_key = read_operator_key(config.home)  # a sweep is the operator's: plain scores, no budget
     parent = tracker.start_parent("baseline-sweep", {
         "testbeds": ",".join(config.testbeds), "methods": ",".join(config.methods),
