@@ -263,6 +263,7 @@ def _run_until_killed(url: str, state_dir: str) -> None:  # in a forked child
     os._exit(0)
 
 
+@pytest.mark.slow
 def test_a_thousand_steps_in_a_16k_window_stay_bounded_and_resume_after_a_kill_mid_compaction(tmp_path):
     model = ScriptedModel(block_summary=3)
     with StubLLMServer(model="open", context_window=WINDOW, count_usage=True, responder=model) as stub:

@@ -45,7 +45,8 @@ def test_unknown_task_names_the_choices():
         generate("nope")
 
 
-@pytest.mark.parametrize("task", sorted(GENERATORS))
+@pytest.mark.parametrize("task", [pytest.param(t, marks=pytest.mark.slow) if t == "preference" else t
+                                  for t in sorted(GENERATORS)])  # preference's replay takes longest
 def test_a_replay_of_the_public_generator_agrees_with_the_stored_labels_only_by_chance(tmp_path, task, monkeypatch):
     """The generator's code is public and its random stream depends only on the word lists'
     sizes, so stand-in lists of the right sizes rebuild every label of a seed one knows. The

@@ -19,8 +19,13 @@ def _spec(home, testbed, method_spec, split="validation", seed=1):
     return ExperimentSpec(testbed, name, seed, str(home), params, QUICK, eval_split=split)
 
 
+# the methods that train several students run in the slow tier
+TRAINS_REPEATEDLY = {"aux_confidence", "self_training"}
+
+
 @pytest.mark.parametrize("testbed", ["tax-small", "pref-small"])
-@pytest.mark.parametrize("method", sorted(METHODS))
+@pytest.mark.parametrize("method", [pytest.param(m, marks=pytest.mark.slow) if m in TRAINS_REPEATEDLY else m
+                                    for m in sorted(METHODS)])
 def test_every_method_returns_a_probability_per_test_row(small_home, testbed, method):
     result = run_method(_spec(small_home, testbed, method))
     ids = load_public(testbed, small_home)["test"]["id"].tolist()

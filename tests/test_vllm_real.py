@@ -26,7 +26,7 @@ COMPARISON = [{"prompt": q, "first": a, "second": b} for q in ("big", "small")
 TARGETS = np.array([float(r["choice"] in ANIMALS) for r in BINARY])
 AGREE = 1e-4  # float32 on both sides
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_torch_thread")]  # a real vLLM engine
 
 
 @pytest.fixture(scope="module")
