@@ -287,10 +287,25 @@ def _run_locked(config: CampaignConfig, path: Path, started: float, state: dict,
     forum = Forum(config.forum_url or default_url(config.home), config.name)
     statuses = run_researchers(config, parent, forum, progress)
     table = generalisation_check(config, forum, tracker, parent)
+    audit_top_ideas(config, forum, table)
     release_student_pool(config.student)  # the shared inference pool's GPUs go back to the cluster
     tracker.flush_spool()  # records spooled while the tracking server was away
     report = write_report(config, forum, tracker, parent, statuses, table, time.time() - started)
     return {"researchers": statuses, "generalisation": table, "report": str(report)}
+
+
+def audit_top_ideas(config: CampaignConfig, forum: Forum, table: list[dict]) -> list[dict]:
+    """The audit (campaign/audit.py) of the ideas the generalisation check re-ran, written to
+    the campaign's folder; the reviewer is the researchers' own model when they use one."""
+    from aar_ray.agents.researcher import make_backend
+    from aar_ray.campaign.audit import audit
+    from aar_ray.campaign.generalisation import ranked_ideas
+
+    reviewer = None if config.backend.kind == "search" else make_backend(researcher_configs(config)[0])
+    records = audit(table, ranked_ideas(forum, config.testbed, config.home), forum, config.testbed,
+                    config.generalisation.flag_drop, reviewer)
+    (campaign_dir(config) / "audit.json").write_text(json.dumps(records, indent=2))
+    return records
 
 
 def _interrupted(config: CampaignConfig, state: dict, started: float) -> str:
