@@ -358,14 +358,13 @@ def test_the_quota_watchdog_looks_less_often_as_walks_get_dearer():
 
 
 @pytest.mark.parametrize("version", [1, 2])
-def test_the_memory_cgroup_is_found_under_the_mount_that_shows_it(tmp_path, monkeypatch, version):
+def test_the_memory_cgroup_is_found_under_the_mount_that_shows_it(tmp_path, version):
     # As in a container: the hierarchy is mounted from the container's own cgroup down.
     (tmp_path / "sub" / "leaf").mkdir(parents=True)
     fstype, controller = ("cgroup", "memory") if version == 1 else ("cgroup2", "")
     options = frozenset({"rw", "memory"} if version == 1 else {"rw"})
-    monkeypatch.setattr(cgroup, "_own_cgroups", lambda: {controller: "/docker/abc/sub/leaf", "pids": "/"})
-    monkeypatch.setattr(cgroup, "_cgroup_mounts", lambda: [
-        cgroup._Mount("cgroup", "/", "/elsewhere", frozenset({"rw", "pids"})),
-        cgroup._Mount(fstype, "/docker/abc", str(tmp_path), options),
-    ])
-    assert memory_parent.__wrapped__() == (tmp_path / "sub" / "leaf", version)
+    own = {controller: "/docker/abc/sub/leaf", "pids": "/"}
+    mounts = [cgroup.Mount("cgroup", "/", "/elsewhere", frozenset({"rw", "pids"})),
+              cgroup.Mount(fstype, "/docker/abc", str(tmp_path), options)]
+    assert cgroup.find_memory_cgroup(own, mounts) == (tmp_path / "sub" / "leaf", version)
+    assert cgroup.find_memory_cgroup(own, mounts[:1]).startswith("no memory cgroup" if version == 2 else "this process's")

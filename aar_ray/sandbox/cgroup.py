@@ -31,7 +31,7 @@ EMPTY_WAIT_SECONDS = 2.0
 
 
 @dataclass(frozen=True)
-class _Mount:
+class Mount:
     fstype: str
     root: str  # the part of the hierarchy this mount shows
     mountpoint: str
@@ -45,14 +45,14 @@ def _unescape(field: str) -> str:
     return field
 
 
-def _cgroup_mounts() -> list[_Mount]:
+def _cgroup_mounts() -> list[Mount]:
     mounts = []
     for line in Path("/proc/self/mountinfo").read_text().splitlines():
         before, _, after = line.partition(" - ")
         fields, tail = before.split(), after.split()
         if len(fields) < 5 or len(tail) < 3 or tail[0] not in ("cgroup", "cgroup2"):
             continue
-        mounts.append(_Mount(tail[0], _unescape(fields[3]), _unescape(fields[4]), frozenset(tail[2].split(","))))
+        mounts.append(Mount(tail[0], _unescape(fields[3]), _unescape(fields[4]), frozenset(tail[2].split(","))))
     return mounts
 
 
@@ -66,7 +66,7 @@ def _own_cgroups() -> dict[str, str]:
     return own
 
 
-def _directory(mount: _Mount, path: str) -> Path | None:
+def _directory(mount: Mount, path: str) -> Path | None:
     """Where cgroup `path` is on the filesystem, if this mount shows it."""
     relative = os.path.relpath(path, mount.root)
     if relative == ".." or relative.startswith("../"):
@@ -81,6 +81,12 @@ def memory_parent() -> tuple[Path, int] | str:
         own, mounts = _own_cgroups(), _cgroup_mounts()
     except OSError as error:
         return f"cannot read this process's cgroups: {error}"
+    return find_memory_cgroup(own, mounts)
+
+
+def find_memory_cgroup(own: dict[str, str], mounts: list[Mount]) -> tuple[Path, int] | str:
+    """Where the memory cgroup `own` names is seen through `mounts` (as in a container, whose
+    hierarchy is mounted from its own cgroup down), with its version; or why it is not."""
     if "memory" in own:  # cgroup v1 (or hybrid): the controller has its own hierarchy
         for mount in mounts:
             if mount.fstype == "cgroup" and "memory" in mount.options:
