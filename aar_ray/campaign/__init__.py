@@ -80,6 +80,9 @@ class CampaignConfig:
     experiment_gpus: float = 0.0  # GPUs per experiment task (0: the CPU testbeds)
     directions: str = ""  # a YAML list of {name, text, candidates}; empty: conf/directions.yaml
     backend: BackendConfig = field(default_factory=BackendConfig)
+    # Per-researcher models: researcher i uses researcher_backends[i % len] (empty: `backend` for
+    # all), so one campaign can compare models; spend and outcomes per model are in the report.
+    researcher_backends: list[BackendConfig] = field(default_factory=list)
     researcher_limits: ResearcherLimits = field(default_factory=ResearcherLimits)
     limits: CampaignLimits = field(default_factory=CampaignLimits)
     generalisation: GeneralisationConfig = field(default_factory=GeneralisationConfig)
@@ -105,9 +108,24 @@ def researcher_configs(config: CampaignConfig) -> list[ResearcherConfig]:
     for i in range(config.researchers):
         d = directions[i % len(directions)]
         configs.append(ResearcherConfig(name=f"{d['name']}-{i}", direction=d["text"], testbed=config.testbed,
-                                        backend=config.backend, limits=limits,
+                                        backend=backend_of(config, i), limits=limits,
                                         candidates=list(d.get("candidates", []))))
     return configs
+
+
+def backend_of(config: CampaignConfig, i: int) -> BackendConfig:
+    """Researcher i's model: its entry of researcher_backends, else the campaign's backend."""
+    return config.researcher_backends[i % len(config.researcher_backends)] if config.researcher_backends \
+        else config.backend
+
+
+def campaign_backends(config: CampaignConfig) -> list[BackendConfig]:
+    """Every distinct model the campaign's researchers use, once each."""
+    distinct = []
+    for i in range(config.researchers):
+        if backend_of(config, i) not in distinct:
+            distinct.append(backend_of(config, i))
+    return distinct
 
 
 def _share_campaign_caps(config: CampaignConfig) -> ResearcherLimits:
@@ -200,7 +218,8 @@ def _campaign_run(tracker: Tracker, config: CampaignConfig, path: Path) -> str:
         return run_id
     run_id = tracker.start_parent(f"campaign-{config.name}", {
         "testbed": config.testbed, "heldout": ",".join(config.heldout_testbeds),
-        "researchers": config.researchers, "backend": config.backend.kind})
+        "researchers": config.researchers,
+        "backend": ",".join(f"{b.kind}:{b.model}" if b.model else b.kind for b in campaign_backends(config))})
     path.mkdir(parents=True, exist_ok=True)
     marker.write_text(run_id)
     return run_id
@@ -271,7 +290,8 @@ def _run_locked(config: CampaignConfig, path: Path, started: float, state: dict,
 
     # An open-model server that is down, serves another model or drops tools fails here, in
     # seconds to minutes, not as researchers that write text until max_steps.
-    preflight(config.backend)
+    for backend in campaign_backends(config):
+        preflight(backend)
     connect_ray()
     gpus = ray.cluster_resources().get("GPU", 0)
     if config.experiment_gpus > gpus and not os.environ.get("RAY_ADDRESS"):
@@ -301,7 +321,9 @@ def audit_top_ideas(config: CampaignConfig, forum: Forum, table: list[dict]) -> 
     from aar_ray.campaign.audit import audit
     from aar_ray.campaign.generalisation import ranked_ideas
 
-    reviewer = None if config.backend.kind == "search" else make_backend(researcher_configs(config)[0])
+    # the first researcher's model: an LLM reviewer costs one call per idea checked
+    first = researcher_configs(config)[0]
+    reviewer = None if first.backend.kind == "search" else make_backend(first)
     records = audit(table, ranked_ideas(forum, config.testbed, config.home), forum, config.testbed,
                     config.generalisation.flag_drop, reviewer)
     (campaign_dir(config) / "audit.json").write_text(json.dumps(records, indent=2))
