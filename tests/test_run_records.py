@@ -77,9 +77,11 @@ def test_the_code_version_is_the_git_commit(tracker):
     import subprocess
     from pathlib import Path
 
+    code_version.cache_clear()  # read once per process; this test reads it now
+    version = code_version()
     head = subprocess.run(["git", "-C", str(Path(__file__).parents[1]), "rev-parse", "HEAD"],
                           capture_output=True, text=True).stdout.strip()
-    assert code_version()["mlflow.source.git.commit"] == head
+    assert version["mlflow.source.git.commit"] == head
 
 
 def test_a_researcher_has_one_run_under_the_campaign_found_again_on_restart(tracker):
@@ -111,3 +113,18 @@ def test_reading_runs_leaves_mlflows_global_tracking_uri_alone(tmp_path):
     runs = tracker.runs()
     assert runs["params.method"].tolist() == ["zero_shot_prior"] and runs["metrics.pgr"].tolist() == [0.5]
     assert mlflow.get_tracking_uri() == before
+
+
+def test_the_leaderboard_puts_flagged_methods_after_the_unflagged_ones(tracker):
+    from aar_ray.tracking import format_leaderboard, leaderboard
+
+    for method, pgr, flags in (("zero_shot_prior", 0.86, "matches_shortcut:zero_shot_prior"),
+                               ("aux_confidence", 0.8, ""), ("vanilla_w2s", 0.3, "")):
+        for seed in (1, 2):
+            tags = {"aar_kind": "experiment", "submitter": "baseline", **({"flags": flags} if flags else {})}
+            tracker.log_experiment("x", {**PARAMS, "method": method, "seed": seed}, {
+                "pgr": pgr, "transfer_acc": 0.8, "weak_acc": 0.7, "strong_acc": 0.9}, tags)
+    table = leaderboard(tracker.runs())
+    assert table["method"].tolist() == ["aux_confidence", "vanilla_w2s", "zero_shot_prior"]
+    assert table["flags"].tolist() == ["", "", "matches_shortcut:zero_shot_prior"]
+    assert format_leaderboard(table).splitlines()[-1].endswith("matches_shortcut:zero_shot_prior")

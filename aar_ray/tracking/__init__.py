@@ -450,29 +450,34 @@ def experiment_run_name(run_name: str, params: dict, tags: dict) -> str:
 
 
 def leaderboard(runs: pd.DataFrame) -> pd.DataFrame:
-    """Mean and sd of validation PGR per testbed and method, best first within each testbed."""
+    """Mean and sd of validation PGR per testbed and method; within each testbed the unflagged
+    methods first, best first, then the flagged ones (`flags`: the scorer's flags of any seed)."""
+    columns = ["testbed", "method", "seeds", "pgr_mean", "pgr_sd", "transfer_acc", "weak_acc", "strong_acc", "flags"]
     if runs.empty or "metrics.pgr" not in runs:
-        return pd.DataFrame(columns=["testbed", "method", "seeds", "pgr_mean", "pgr_sd",
-                                     "transfer_acc", "weak_acc", "strong_acc"])
+        return pd.DataFrame(columns=columns)
     # A (testbed, method, seed) run again replaces its earlier result rather than adding a seed.
     scored = runs.dropna(subset=["metrics.pgr"]).sort_values("start_time").drop_duplicates(
         ["params.testbed", "params.method", "params.seed"], keep="last")
+    scored = scored.assign(flags=scored["tags.flags"].fillna("") if "tags.flags" in scored else "")
     table = scored.groupby(["params.testbed", "params.method"]).agg(
         seeds=("metrics.pgr", "size"), pgr_mean=("metrics.pgr", "mean"),
         pgr_sd=("metrics.pgr", lambda s: float(np.std(s, ddof=1)) if len(s) > 1 else 0.0),
         transfer_acc=("metrics.transfer_acc", "mean"), weak_acc=("metrics.weak_acc", "mean"),
-        strong_acc=("metrics.strong_acc", "mean")).reset_index()
+        strong_acc=("metrics.strong_acc", "mean"),
+        flags=("flags", lambda s: ",".join(sorted({f for v in s for f in v.split(",") if f})))).reset_index()
     table = table.rename(columns={"params.testbed": "testbed", "params.method": "method"})
-    return table.sort_values(["testbed", "pgr_mean"], ascending=[True, False]).reset_index(drop=True)
+    table = table.assign(flagged=table["flags"] != "")
+    table = table.sort_values(["testbed", "flagged", "pgr_mean"], ascending=[True, True, False])
+    return table.drop(columns="flagged").reset_index(drop=True)[columns]
 
 
 def format_leaderboard(table: pd.DataFrame) -> str:
     lines = [f"{'testbed':<12} {'method':<34} {'seeds':>5} {'PGR mean ± sd':>15} {'transfer':>8} "
-             f"{'weak':>6} {'strong':>6}"]
+             f"{'weak':>6} {'strong':>6}  flags (shown apart)"]
     for row in table.itertuples():
         lines.append(f"{row.testbed:<12} {row.method:<34} {row.seeds:>5} "
                      f"{row.pgr_mean:>7.2f} ± {row.pgr_sd:<5.2f} {row.transfer_acc:>8.3f} "
-                     f"{row.weak_acc:>6.2f} {row.strong_acc:>6.2f}")
+                     f"{row.weak_acc:>6.2f} {row.strong_acc:>6.2f}  {row.flags}")
     return "\n".join(lines)
 
 
