@@ -50,7 +50,7 @@ def test_laptop_campaign_runs_checks_generalisation_and_writes_a_report(small_ho
     assert proc.returncode == 0, proc.stderr[-3000:]
     report_dir = small_home / "campaigns" / "ci" / "report"
     report = (report_dir / "report.md").read_text()
-    for section in ("## PGR over time", "## Leaderboard", "## Generalisation", "## Cost", "## Lineage"):
+    for section in ("## PGR over time", "## Winners", "## Flagged ideas", "## Generalisation", "## Cost", "## Lineage"):
         assert section in report
     assert (report_dir / "pgr_over_time.png").stat().st_size > 1000
     table = json.loads((report_dir / "generalisation.json").read_text())
@@ -62,11 +62,16 @@ def test_laptop_campaign_runs_checks_generalisation_and_writes_a_report(small_ho
     holdout = runs[runs["tags.split"] == "holdout"]
     assert len(holdout) == 2 * 2 * 2 + 2 * 2  # top-2 ideas x 2 testbeds x 2 seeds, + the teacher ablation
     assert all(isinstance(row["ignores_teacher"], bool) for row in table)
-    parent = runs[runs["tags.mlflow.runName"] == "campaign-ci"]
+    parent = runs[runs["tags.mlflow.runName"].str.startswith("campaign-ci")]
+    assert parent["tags.mlflow.runName"].iloc[0].startswith("campaign-ci · best PGR ")  # seen in the runs table
+    assert {"metrics.best_validation_pgr", "metrics.mean_validation_pgr", "metrics.dollars"} <= set(parent.dropna(axis=1))
+    researcher_runs = runs[runs["tags.aar_researcher"].notna()]
+    assert len(researcher_runs) == 2 and (researcher_runs["tags.mlflow.parentRunId"] == parent["run_id"].iloc[0]).all()
     artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(parent["run_id"].iloc[0])}
-    assert {"report.md", "pgr_over_time.png", "generalisation.json", "cost.json"} <= artifacts
-    traces = {a.path for a in mlflow.MlflowClient().list_artifacts(parent["run_id"].iloc[0], "traces")}
-    assert len({Path(t).name.removesuffix(".json") for t in traces}) == 2  # one conversation per researcher
+    assert {"report.md", "report.html", "pgr_over_time.png", "generalisation.json", "cost.json"} <= artifacts
+    traces = {Path(a.path).name.removesuffix(".json") for run_id in researcher_runs["run_id"]
+              for a in mlflow.MlflowClient().list_artifacts(run_id, "traces")}
+    assert traces == set(researcher_runs["tags.aar_researcher"])  # each conversation on its researcher's run
 
 
 @pytest.mark.slow

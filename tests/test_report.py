@@ -61,9 +61,10 @@ def test_an_idea_that_fails_on_any_held_out_testbed_is_flagged_and_shown_apart(c
     assert fails_on(row, ["taxonomy", "sentiment", "preference"], 0.82, 0.15) == ["sentiment", "preference"]
     assert fails_on(row, ["taxonomy"], 0.82, 0.15) == []
     table = [{"idea": "aux_confidence:alpha=0.5", "flagged": True}, {"idea": "vanilla_w2s", "flagged": False}]
-    flags = {e["idea"]: e["flags"] for e in flag_ideas_that_do_not_generalise(ranked_ideas(forum, "taxonomy", home), table)}
-    assert flags == {"zero_shot_prior": "matches_shortcut:zero_shot_prior",
-                     "aux_confidence:alpha=0.5": "does_not_generalise", "vanilla_w2s": ""}
+    ranked = flag_ideas_that_do_not_generalise(ranked_ideas(forum, "taxonomy", home), table)
+    assert {e["idea"]: (e["flags"], e["generalisation"]) for e in ranked} == {
+        "zero_shot_prior": ("matches_shortcut:zero_shot_prior", "not checked"),
+        "aux_confidence:alpha=0.5": ("does_not_generalise", "failed"), "vanilla_w2s": ("", "passed")}
     # the verdict is the operator's: researchers read the forum, which does not carry it
     assert all("does_not_generalise" not in (r["flags"] or "") for r in forum.results())
 

@@ -195,7 +195,7 @@ class Researcher:
 
     def _log_trace(self) -> None:
         """The whole conversation (the checkpoint log) and the final notes, as artifacts of the
-        campaign's MLflow run."""
+        researcher's MLflow run (under the campaign's)."""
         tracker, run_id = self.tools.tracker, self.tools.parent_run_id
         if tracker is not None and run_id:
             tracker.client.log_text(run_id, json.dumps({"status": self.status(), "notes": final_notes(self.state_dir),

@@ -95,12 +95,16 @@ def flag_ideas_that_do_not_generalise(ranked: list[dict], table: list[dict]) -> 
     generalisation check flagged (the check's verdict is the operator's: it stays off the forum,
     which researchers read)."""
     failing = {row["idea"] for row in table if row.get("flagged")}
+    checked = {row["idea"] for row in table}
     out = []
     for entry in ranked:
         flags = [f for f in (entry.get("flags") or "").split(",") if f]
         if entry["idea"] in failing:
             flags.append(DOES_NOT_GENERALISE)
-        out.append({**entry, "flags": ",".join(flags), "same_as": ", ".join(entry.get("same_as", []))})
+        out.append({**entry, "flags": ",".join(flags), "same_as": ", ".join(entry.get("same_as", [])),
+                    # an unflagged idea below the top-k was never re-run: say so beside it
+                    "generalisation": "passed" if entry["idea"] in checked - failing else
+                    "failed" if entry["idea"] in failing else "not checked"})
     return out
 
 
@@ -183,7 +187,8 @@ def write_report(config, forum, tracker, parent_run_id: str, statuses: list[dict
              "One entry per distinct answer: ideas whose predictions are identical to a better one's "
              "are listed in its `same_as`. `novelty`: 1 minus the similarity (meaning or code) to the "
              "nearest idea, post or shared code of the campaign before it.", ""]
-    columns = ["researcher", "idea", "pgr", "transfer_acc", "seeds", "novelty", "near_duplicate_of", "same_as"]
+    columns = ["researcher", "idea", "pgr", "transfer_acc", "seeds", "generalisation", "novelty",
+               "near_duplicate_of", "same_as"]
     lines += _markdown_table(winners, columns) if winners else ["No idea passed every check."]
     lines += ["", "## Flagged ideas (not candidates for winner; see the README's flag table)", ""]
     lines += _markdown_table(flagged, columns[:-1] + ["flags", "same_as"]) if flagged else ["None."]
