@@ -59,3 +59,16 @@ def gpu_ray(request):
     ray.cloudpickle.register_pickle_by_value(request.module)  # workers cannot import tests/
     yield ray
     ray.shutdown()
+
+
+# Fixtures that start a Ray: a test that uses one (even through another fixture) is end to end.
+RAY_FIXTURES = {"local_ray", "gpu_ray"}
+
+
+def pytest_collection_modifyitems(config, items):
+    """Keep the fast tier fast: a test that starts Ray must be in the slow tier."""
+    unmarked = [item.nodeid for item in items
+                if RAY_FIXTURES & set(getattr(item, "fixturenames", ())) and item.get_closest_marker("slow") is None]
+    if unmarked:
+        raise pytest.UsageError("these tests start Ray; mark them @pytest.mark.slow (the fast tier is "
+                                "-m 'not slow'):\n  " + "\n  ".join(unmarked))
