@@ -9,7 +9,8 @@ import json
 import pytest
 
 from aar_ray.campaign.generalisation import fails_on, ranked_ideas, top_ideas
-from aar_ray.campaign.report import flag_ideas_that_do_not_generalise, markdown_page
+from aar_ray.campaign.report import (flag_ideas_that_do_not_generalise, markdown_page, researcher_summary,
+                                     winners_of)
 from aar_ray.forum import Forum
 from aar_ray.progress import progress
 
@@ -65,6 +66,7 @@ def test_an_idea_that_fails_on_any_held_out_testbed_is_flagged_and_shown_apart(c
     assert {e["idea"]: (e["flags"], e["generalisation"]) for e in ranked} == {
         "zero_shot_prior": ("matches_shortcut:zero_shot_prior", "not checked"),
         "aux_confidence:alpha=0.5": ("does_not_generalise", "failed"), "vanilla_w2s": ("", "passed")}
+    assert [e["idea"] for e in winners_of(ranked)] == ["vanilla_w2s"]
     # the verdict is the operator's: researchers read the forum, which does not carry it
     assert all("does_not_generalise" not in (r["flags"] or "") for r in forum.results())
 
@@ -99,3 +101,15 @@ def test_progress_of_many_small_items_is_a_line_every_so_often_and_one_at_the_en
         pass
     lines = log.getvalue().splitlines()
     assert len(lines) == 1 and lines[0].startswith("embedding: 500/500 batch")
+
+
+def test_verified_winners_come_first_and_a_researchers_best_leaves_flagged_results_out(campaign):
+    forum, home = campaign
+    ranked = [{"idea": "a", "flags": "", "generalisation": "not checked"},
+              {"idea": "b", "flags": "", "generalisation": "passed"},
+              {"idea": "c", "flags": "ignores_teacher", "generalisation": "passed"}]
+    assert [e["idea"] for e in winners_of(ranked)] == ["b", "a"]
+    summary = researcher_summary("representations-0", forum.results(), {"steps": 4}, failing=set())
+    assert summary["best_validation_pgr_any"] == 0.86 and "best_validation_pgr" not in summary
+    summary = researcher_summary("labels-2", forum.results(), {}, failing={"aux_confidence:alpha=0.50"})
+    assert summary["best_validation_pgr"] == 0.55 and summary["experiments"] == 3

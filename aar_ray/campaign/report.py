@@ -123,6 +123,12 @@ def with_novelty(tracker, entries: list[dict]) -> list[dict]:
     return out
 
 
+def winners_of(ranked: list[dict]) -> list[dict]:
+    """The unflagged ideas, those the generalisation check re-ran and passed first (verified),
+    then the rest, each group best first."""
+    return sorted((e for e in ranked if not e["flags"]), key=lambda e: e["generalisation"] != "passed")
+
+
 def _finite(values) -> list[float]:
     return [float(v) for v in values if v is not None and math.isfinite(float(v))]
 
@@ -144,22 +150,29 @@ def campaign_summary(config, winners: list[dict], results: list[dict], table: li
     return summary
 
 
-def researcher_summary(name: str, results: list[dict], status: dict) -> dict:
-    scored = _finite(r["pgr"] for r in results if r["researcher"] == name)
+def researcher_summary(name: str, results: list[dict], status: dict, failing: set[str]) -> dict:
+    """A researcher run's metrics: its best unflagged validation PGR (`best_validation_pgr_any`
+    counts flagged results too), mean validation PGR, experiments, steps and spend."""
+    mine = [r for r in results if r["researcher"] == name]
+    scored = _finite(r["pgr"] for r in mine)
+    unflagged = _finite(r["pgr"] for r in mine if not r.get("flags") and r["idea"] not in failing)
     spent = status.get("spent", {})
-    summary = {"experiments": sum(r["researcher"] == name for r in results), "steps": status.get("steps", 0),
+    summary = {"experiments": len(mine), "steps": status.get("steps", 0),
                "dollars": spent.get("dollars", 0.0), "tokens": spent.get("tokens", 0)}
     if scored:
-        summary.update(best_validation_pgr=max(scored), mean_validation_pgr=sum(scored) / len(scored))
+        summary.update(best_validation_pgr_any=max(scored), mean_validation_pgr=sum(scored) / len(scored))
+    if unflagged:
+        summary["best_validation_pgr"] = max(unflagged)
     return summary
 
 
 def finish_runs(tracker, parent_run_id: str, artifacts: list[Path], summary: dict,
-                statuses: list[dict], results: list[dict]) -> None:
+                statuses: list[dict], results: list[dict], table: list[dict]) -> None:
     """Summaries on each researcher's run and the campaign's, then both end."""
     by_name = {s.get("name"): s for s in statuses}
+    failing = {row["idea"] for row in table if row.get("flagged")}
     for name, run_id in tracker.researcher_runs(parent_run_id).items():
-        tracker.finish_parent(run_id, summary=researcher_summary(name, results, by_name.get(name, {})))
+        tracker.finish_parent(run_id, summary=researcher_summary(name, results, by_name.get(name, {}), failing))
     tracker.finish_parent(parent_run_id, artifacts, summary=summary)
 
 
@@ -172,7 +185,7 @@ def write_report(config, forum, tracker, parent_run_id: str, statuses: list[dict
     out.mkdir(parents=True, exist_ok=True)
     results = forum.results()
     ranked = flag_ideas_that_do_not_generalise(ranked_ideas(forum, config.testbed, config.home), table)
-    winners = with_novelty(tracker, [e for e in ranked if not e["flags"]][:10])
+    winners = with_novelty(tracker, winners_of(ranked)[:10])
     flagged = with_novelty(tracker, [e for e in ranked if e["flags"]][:10])
     cost = cost_summary(statuses, results, wall_seconds)
     plot = plot_pgr_over_time(results, out / "pgr_over_time.png")
@@ -184,6 +197,7 @@ def write_report(config, forum, tracker, parent_run_id: str, statuses: list[dict
              f"{tracker.results_url(UI_URL)}", "",
              "## PGR over time", "", "![PGR over time](pgr_over_time.png)", "",
              "## Winners: unflagged ideas (validation PGR, mean over the seeds of each experiment)", "",
+             "Those the generalisation check passed first, then unflagged ideas it did not re-run. "
              "One entry per distinct answer: ideas whose predictions are identical to a better one's "
              "are listed in its `same_as`. `novelty`: 1 minus the similarity (meaning or code) to the "
              "nearest idea, post or shared code of the campaign before it.", ""]
@@ -218,7 +232,7 @@ def write_report(config, forum, tracker, parent_run_id: str, statuses: list[dict
     page.write_text(markdown_page(lines, out, title=f"Campaign {config.name}"))
     summary = campaign_summary(config, winners, results, table, cost)
     finish_runs(tracker, parent_run_id, [report, page, plot, out / "generalisation.json", out / "cost.json"],
-                summary, statuses, results)
+                summary, statuses, results, table)
     return report
 
 

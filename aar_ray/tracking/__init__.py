@@ -356,7 +356,7 @@ class Tracker:
         """Summary metrics on a parent run; its name then says its best PGR, so the runs table
         shows it even where no metric column is open."""
         now = int(time.time() * 1000)
-        metrics = [Metric(k, float(v), now, 0) for k, v in summary.items() if _is_number(v)]
+        metrics = [Metric(k, round(float(v), 4), now, 0) for k, v in summary.items() if _is_number(v)]
         if metrics:
             self.client.log_batch(run_id, metrics=metrics)
         best = summary.get("best_validation_pgr")
