@@ -69,8 +69,11 @@ def test_aar_methods_runs_from_another_directory(installed):
     assert "vanilla_w2s" in out and "parameters:" in out
 
 
-def test_the_price_table_is_read_from_the_wheel(installed):
+@pytest.mark.parametrize("default", ["aar_ray.agents.backends:DEFAULT_PRICES_PATH",
+                                     "aar_ray.campaign:CONF", "aar_ray.models.presets:PRESET_DIR"])
+def test_the_defaults_are_read_from_the_wheel(installed, default):
     venv, elsewhere = installed
-    probe = "from aar_ray.agents.backends import DEFAULT_PRICES_PATH as p; print(p, p.is_file())"
+    module, name = default.split(":")
+    probe = f"from {module} import {name} as p; print(p, p.exists())"
     path, exists = run(venv / "bin" / "python", "-c", probe, cwd=elsewhere).split()
     assert Path(path).is_relative_to(venv) and exists == "True"

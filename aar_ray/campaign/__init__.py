@@ -40,10 +40,11 @@ from aar_ray.config import TrackingConfig, resolve_locations
 from aar_ray.experiments.sweep import connect_ray, prepare
 from aar_ray.forum import Forum, default_url
 from aar_ray.models import StudentConfig, TeacherConfig, release_student_pool
+from aar_ray.resources import conf_dir
 from aar_ray.scoring import ScorerConfig, scorer_actor
 from aar_ray.tracking import Tracker
 
-CONF = Path(__file__).resolve().parents[2] / "conf"
+CONF = conf_dir()
 log = logging.getLogger(__name__)
 
 

@@ -13,8 +13,9 @@ from aar_ray.engines.pool import PoolConfig
 from aar_ray.errors import UserError
 from aar_ray.models.lm_config import CausalLMConfig
 from aar_ray.models.weights import check_weights
+from aar_ray.resources import conf_dir
 
-PRESET_DIR = Path(__file__).resolve().parents[2] / "conf" / "models"
+PRESET_DIR = conf_dir() / "models"
 
 
 class PresetNotFoundError(UserError, FileNotFoundError):
