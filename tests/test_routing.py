@@ -47,3 +47,38 @@ def test_a_routed_researcher_spends_where_the_gains_come_from():
     assert summary["small"]["pgr_gain"] > 0 and summary["large"]["pgr_gain"] == 0
     assert summary["large"]["dollars"] > 0 and len(small.requests) + len(large.requests) == 30
     assert dollars == backends["large"].estimate_cost("system", [user_message("x")], [], 256)[1]
+
+
+def test_a_researcher_with_routes_spreads_its_steps_and_reports_spend_per_model(tmp_path):
+    from aar_ray.agents.budget import Budget
+    from aar_ray.agents.researcher import BackendConfig, Researcher, ResearcherConfig, ResearcherLimits
+    from aar_ray.agents.tools import ToolContext
+    from aar_ray.forum import Forum
+
+    def reply(request):
+        return openai_completion("Reading the leaderboard first.", model=request.body["model"])
+
+    with StubLLMServer(model="small", responder=reply) as small, StubLLMServer(model="large", responder=reply) as large:
+        config = ResearcherConfig(
+            name="r", direction="x", testbed="t", limits=ResearcherLimits(max_steps=4, max_experiments=None),
+            backend=BackendConfig(kind="openai", model="small", base_url=small.url + "/v1", context_window=16_000),
+            routes=[BackendConfig(kind="openai", model="small", base_url=small.url + "/v1"),
+                    BackendConfig(kind="openai", model="large", base_url=large.url + "/v1")])
+        forum = Forum(f"sqlite:///{tmp_path / 'forum.db'}", "c")
+        tools = ToolContext(researcher="r", campaign="c", testbed="t", home=str(tmp_path),
+                            workspace=tmp_path / "workspace", scorer=None, forum=forum, tracker=None, budget=Budget())
+        status = Researcher(config, tools, tmp_path / "state").run()
+    assert status["stopped"] == "max_steps 4 reached"
+    models = {row["model"]: row["steps"] for row in status["models"]}
+    assert models == {"openai:small": models["openai:small"], "openai:large": models["openai:large"]}
+    assert min(models.values()) >= 1 and sum(models.values()) == 4 == len(small.requests) + len(large.requests)
+
+
+def test_a_route_that_is_not_an_llm_is_refused_naming_it():
+    import pytest
+
+    from aar_ray.agents.researcher import BackendConfig, ResearcherConfig, make_backend
+
+    config = ResearcherConfig(name="r", direction="x", testbed="t", routes=[BackendConfig(kind="search")])
+    with pytest.raises(ValueError, match=r"routes\[0\].kind='search'; allowed: anthropic, openai"):
+        make_backend(config)

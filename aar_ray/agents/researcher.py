@@ -74,6 +74,9 @@ class ResearcherConfig:
     backend: BackendConfig = field(default_factory=BackendConfig)
     limits: ResearcherLimits = field(default_factory=ResearcherLimits)
     candidates: list[str] = field(default_factory=list)  # search backend only: methods to try
+    # Several models (anthropic or openai) to route steps between by best-PGR gain per dollar
+    # (agents/routing.py); `backend` then only gives the context settings. Empty: `backend`.
+    routes: list[BackendConfig] = field(default_factory=list)
 
 
 SYSTEM = """You are an alignment researcher working on weak-to-strong supervision, one of several
@@ -105,12 +108,26 @@ MAX_OVERFLOWS = 3  # context-length errors in a row, each after a compaction, be
 Execute = Callable[[ToolContext, str, dict, str], tuple]
 
 
-def make_backend(config: ResearcherConfig):
-    kind, b = config.backend.kind, config.backend
+def make_backend(config: ResearcherConfig, best_pgr: Callable[[], float] = lambda: 0.0):
+    """The researcher's backend; with `routes`, a RoutedBackend over them that credits each
+    model with the gains in `best_pgr()` (the researcher's best released PGR)."""
+    if config.routes:
+        from aar_ray.agents.routing import RoutedBackend
+
+        for i, route in enumerate(config.routes):
+            if route.kind not in ("anthropic", "openai"):
+                raise ValueError(f"routes[{i}].kind={route.kind!r}; allowed: anthropic, openai")
+        return RoutedBackend({f"{r.kind}:{r.model}": _single_backend(r, config.candidates) for r in config.routes},
+                             best_pgr)
+    return _single_backend(config.backend, config.candidates)
+
+
+def _single_backend(b: BackendConfig, candidates: list[str]):
+    kind = b.kind
     common = dict(context_window=b.context_window or None, strict_tools=b.strict_tools,
                   temperature=b.temperature, top_p=b.top_p)
     if kind == "search":
-        return SearchBackend(config.candidates or None)
+        return SearchBackend(candidates or None)
     if kind == "anthropic":
         from aar_ray.agents.backends import AnthropicBackend
 
@@ -139,7 +156,7 @@ class Researcher:
         self.checkpoint = Checkpoint(self.state_dir)
         self.state_path = self.checkpoint.state_path
         self.control_path = Path(control_path) if control_path else None
-        self.backend = make_backend(config)
+        self.backend = make_backend(config, best_pgr=self._best_released_pgr)
         self.execute = execute or call_tool  # tests pass a fast stand-in
         self.system = SYSTEM.format(direction=config.direction)
         self.context = Context(self.checkpoint, context_settings(config.backend))
@@ -345,5 +362,13 @@ class Researcher:
         return digest(old, digest_chars), "digest"
 
     def status(self) -> dict:
+        models = self.backend.by_model() if hasattr(self.backend, "by_model") else []
         return {"name": self.config.name, "steps": self.steps, "stopped": self.stopped,
-                "agent_seconds": round(self.agent_seconds, 2), "spent": self.budget.spent.to_dict()}
+                "agent_seconds": round(self.agent_seconds, 2), "spent": self.budget.spent.to_dict(),
+                **({"models": models} if models else {})}
+
+    def _best_released_pgr(self) -> float:
+        """The best PGR this researcher was shown (released feedback, never the exact record)."""
+        shown = [r["shown_pgr"] for r in self.tools.forum.results()
+                 if r["researcher"] == self.config.name and r.get("shown_pgr") is not None]
+        return max(shown, default=0.0)

@@ -84,6 +84,9 @@ class CampaignConfig:
     # Per-researcher models: researcher i uses researcher_backends[i % len] (empty: `backend` for
     # all), so one campaign can compare models; spend and outcomes per model are in the report.
     researcher_backends: list[BackendConfig] = field(default_factory=list)
+    # Route every researcher's steps between these models by best-PGR gain per dollar (UCB1,
+    # agents/routing.py); empty: no routing.
+    routes: list[BackendConfig] = field(default_factory=list)
     researcher_limits: ResearcherLimits = field(default_factory=ResearcherLimits)
     limits: CampaignLimits = field(default_factory=CampaignLimits)
     generalisation: GeneralisationConfig = field(default_factory=GeneralisationConfig)
@@ -109,7 +112,7 @@ def researcher_configs(config: CampaignConfig) -> list[ResearcherConfig]:
     for i in range(config.researchers):
         d = directions[i % len(directions)]
         configs.append(ResearcherConfig(name=f"{d['name']}-{i}", direction=d["text"], testbed=config.testbed,
-                                        backend=backend_of(config, i), limits=limits,
+                                        backend=backend_of(config, i), limits=limits, routes=list(config.routes),
                                         candidates=list(d.get("candidates", []))))
     return configs
 
@@ -123,9 +126,9 @@ def backend_of(config: CampaignConfig, i: int) -> BackendConfig:
 def campaign_backends(config: CampaignConfig) -> list[BackendConfig]:
     """Every distinct model the campaign's researchers use, once each."""
     distinct = []
-    for i in range(config.researchers):
-        if backend_of(config, i) not in distinct:
-            distinct.append(backend_of(config, i))
+    for backend in config.routes or [backend_of(config, i) for i in range(config.researchers)]:
+        if backend not in distinct:
+            distinct.append(backend)
     return distinct
 
 
@@ -324,7 +327,7 @@ def audit_top_ideas(config: CampaignConfig, forum: Forum, table: list[dict]) -> 
 
     # the first researcher's model: an LLM reviewer costs one call per idea checked
     first = researcher_configs(config)[0]
-    reviewer = None if first.backend.kind == "search" else make_backend(first)
+    reviewer = None if first.backend.kind == "search" and not first.routes else make_backend(first)
     records = audit(table, ranked_ideas(forum, config.testbed, config.home), forum, config.testbed,
                     config.generalisation.flag_drop, reviewer)
     (campaign_dir(config) / "audit.json").write_text(json.dumps(records, indent=2))
