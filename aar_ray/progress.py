@@ -84,6 +84,7 @@ class LogProgress:
         for item in self.iterable or ():
             yield item
             self.update()
+        self.close()
 
     def __enter__(self) -> LogProgress:
         return self

@@ -99,8 +99,8 @@ def test_the_page_aar_ui_links_to_shows_pgr_first(server, tmp_path):
     header = page[page.index("Run Name"):]
     assert re.match(r"Run Name Created .*best_validation_pgr mean_validation_pgr pgr winner_holdout_pgr", header)
     # the campaign's and the researchers' summaries, then the experiments' own PGR
-    assert "campaign-ui · best PGR 0.82" in page and "0.82 0.52 - 0.79" in page
-    assert "researcher reweighting-1 · best PGR 0.82" in page
+    assert "PGR 0.82 · campaign-ui" in page and "0.82 0.52 - 0.79" in page
+    assert "PGR 0.82 · researcher reweighting-1" in page
     assert "reweighting-1/aux_confidence:alpha=0/taxonomy/validation/seed1" in page
     assert (tmp_path / "runs-with-pgr.png").stat().st_size > 10_000
 
@@ -112,7 +112,7 @@ def test_the_plain_experiment_link_names_the_best_pgr(server, tmp_path):
     _campaign(tracker)
     page = _chromium(tmp_path, f"{server}/#/experiments/{tracker.experiment_id}?workflowType=machine_learning",
                      screenshot=tmp_path / "runs-plain.png")
-    assert "campaign-ui · best PGR 0.82" in page
+    assert "PGR 0.82 · campaign-ui" in page
 
 
 def test_the_report_renders_with_its_plot_in_the_artifact_viewer(server, tmp_path):

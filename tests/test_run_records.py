@@ -102,7 +102,7 @@ def test_a_parent_run_ends_with_its_experiments_summary_and_says_its_best_pgr(tr
     run = tracker.client.get_run(sweep)
     assert run.data.metrics == {"best_validation_pgr": 0.6, "mean_validation_pgr": pytest.approx(0.4),
                                 "experiments": 2, "failed_experiments": 0}
-    assert run.info.run_name == "baseline-sweep · best PGR 0.60"
+    assert run.info.run_name == "PGR 0.60 · baseline-sweep"
     assert run.info.status == "FINISHED"
 
 

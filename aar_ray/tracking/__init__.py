@@ -24,6 +24,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -85,6 +86,7 @@ RESULTS_VIEW = "aar-results"  # the shared view `results_url` opens
 # so that all are on screen: the UI draws only the columns in view (cost is in the run's page).
 SUMMARY_COLUMNS = ("best_validation_pgr", "mean_validation_pgr", "pgr", "winner_holdout_pgr")
 SOURCE_NAME = "mlflow.source.name"
+BEST_IN_NAME = re.compile(r"^PGR -?\d+\.\d+ · ")  # how a parent run's name starts once it has a best
 SOURCE_COMMIT = "mlflow.source.git.commit"
 
 
@@ -360,9 +362,9 @@ class Tracker:
         if metrics:
             self.client.log_batch(run_id, metrics=metrics)
         best = summary.get("best_validation_pgr")
-        if _is_number(best):
-            name = self.client.get_run(run_id).info.run_name.split(" · best PGR")[0]
-            self.client.update_run(run_id, name=f"{name} · best PGR {best:.2f}")
+        if _is_number(best):  # in front: the runs table cuts long names short
+            name = BEST_IN_NAME.sub("", self.client.get_run(run_id).info.run_name)
+            self.client.update_run(run_id, name=f"PGR {best:.2f} · {name}")
 
     def summarise_children(self, run_id: str) -> dict:
         """Best and mean validation PGR of the experiment runs directly under `run_id` (the
