@@ -224,6 +224,9 @@ def write_report(config, forum, tracker, parent_run_id: str, statuses: list[dict
     lines += ["", "## Researchers", ""] + _markdown_table(statuses, ["name", "steps", "stopped"])
     lines += ["", "## Researchers' final notes", ""]
     for status in statuses:
+        if "name" not in status:  # a researcher whose actor failed: its status is only why
+            lines += ["### (a researcher that failed)", "", str(status.get("stopped")), ""]
+            continue
         notes = final_notes(path / "researchers" / status["name"]).strip()
         lines += [f"### {status['name']}", "", notes or "(no notes kept)", ""]
     report = out / "report.md"
