@@ -98,10 +98,16 @@ def test_a_parent_run_ends_with_its_experiments_summary_and_says_its_best_pgr(tr
     sweep = tracker.start_parent("baseline-sweep", {})
     for pgr in (0.2, 0.6):
         _experiment(tracker, pgr, sweep)
+    tracker.log_experiment("x", {**PARAMS, "method": "zero_shot_prior"}, {"pgr": 0.9}, {
+        "aar_kind": "experiment", "submitter": "baseline", "flags": "matches_shortcut:zero_shot_prior"},
+        parent_run_id=sweep)
+    tracker.log_experiment("x", {**PARAMS, "method": "broken"}, {"pgr": None}, {
+        "aar_kind": "experiment", "submitter": "baseline", "error": "ValueError: no"}, parent_run_id=sweep)
     tracker.finish_parent(sweep)
     run = tracker.client.get_run(sweep)
-    assert run.data.metrics == {"best_validation_pgr": 0.6, "mean_validation_pgr": pytest.approx(0.4),
-                                "experiments": 2, "failed_experiments": 0}
+    assert run.data.metrics == {"best_validation_pgr": 0.6, "best_validation_pgr_any": 0.9,
+                                "mean_validation_pgr": pytest.approx(0.5667, abs=1e-4),
+                                "experiments": 4, "failed_experiments": 1}
     assert run.info.run_name == "PGR 0.60 · baseline-sweep"
     assert run.info.status == "FINISHED"
 

@@ -367,8 +367,9 @@ class Tracker:
             self.client.update_run(run_id, name=f"PGR {best:.2f} · {name}")
 
     def summarise_children(self, run_id: str) -> dict:
-        """Best and mean validation PGR of the experiment runs directly under `run_id` (the
-        teacher-ablation controls left out), and how many ran and failed."""
+        """Validation PGR of the experiment runs directly under `run_id` (the teacher-ablation
+        controls left out): the best unflagged (`best_validation_pgr_any` counts flagged runs
+        too) and the mean; how many ran and failed."""
         runs = self.runs(parent_run_id=run_id)
         if runs.empty:
             return {"experiments": 0}
@@ -377,10 +378,15 @@ class Tracker:
             scored = scored[scored["tags.split"].fillna("validation") == "validation"]
         if "tags.ablation" in runs:
             scored = scored[scored["tags.ablation"].isna()]
-        pgr = scored["metrics.pgr"].dropna() if "metrics.pgr" in scored else pd.Series(dtype=float)
-        summary = {"experiments": len(runs), "failed_experiments": int(len(scored) - len(pgr))}
-        if len(pgr):
-            summary.update(best_validation_pgr=float(pgr.max()), mean_validation_pgr=float(pgr.mean()))
+        scored = scored.dropna(subset=["metrics.pgr"]) if "metrics.pgr" in scored else scored.iloc[0:0]
+        summary = {"experiments": len(runs), "failed_experiments": int(len(runs) - len(scored))}
+        if scored.empty:
+            return summary
+        flags = scored["tags.flags"].fillna("") if "tags.flags" in scored else pd.Series("", index=scored.index)
+        summary.update(best_validation_pgr_any=float(scored["metrics.pgr"].max()),
+                       mean_validation_pgr=float(scored["metrics.pgr"].mean()))
+        if (flags == "").any():
+            summary["best_validation_pgr"] = float(scored.loc[flags == "", "metrics.pgr"].max())
         return summary
 
     def reopen_parent(self, run_id: str) -> None:
