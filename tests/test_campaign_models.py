@@ -32,3 +32,12 @@ def test_a_campaign_whose_second_model_is_unreachable_refuses_to_start_naming_it
         run_campaign(config, progress=False)
     assert not (tmp_path / "home" / "mlflow.db").exists()  # refused before Ray, testbeds or MLflow
     assert not (tmp_path / "home" / "campaigns" / "two-models").exists()  # the same command can run again
+
+
+def test_a_directions_file_of_the_wrong_shape_is_a_config_error_naming_the_key(tmp_path):
+    from aar_ray.config import ConfigError
+
+    bad = tmp_path / "directions.yaml"
+    bad.write_text("- just a string\n")
+    with pytest.raises(ConfigError, match=r"directions='.*directions.yaml': expected a YAML list of entries"):
+        researcher_configs(_config(tmp_path, directions=str(bad)))

@@ -36,7 +36,7 @@ from aar_ray.agents.budget import Budget
 from aar_ray.agents.preflight import preflight
 from aar_ray.agents.tools import ToolContext
 from aar_ray.campaign.lock import CampaignLock, CampaignRunning
-from aar_ray.config import TrackingConfig, resolve_locations
+from aar_ray.config import ConfigError, TrackingConfig, resolve_locations
 from aar_ray.experiments.sweep import connect_ray, prepare
 from aar_ray.forum import Forum, default_url
 from aar_ray.models import StudentConfig, TeacherConfig, release_student_pool
@@ -100,7 +100,7 @@ class CampaignConfig:
 def load_directions(path: str) -> list[dict]:
     directions = yaml.safe_load(Path(path or CONF / "directions.yaml").read_text())
     if not directions or not all({"name", "text"} <= set(d) for d in directions):
-        raise ValueError(f"{path}: expected a list of entries with name and text")
+        raise ConfigError(f"directions={str(path)!r}: expected a YAML list of entries with name and text")
     return directions
 
 
@@ -299,7 +299,7 @@ def _run_locked(config: CampaignConfig, path: Path, started: float, state: dict,
     connect_ray()
     gpus = ray.cluster_resources().get("GPU", 0)
     if config.experiment_gpus > gpus and not os.environ.get("RAY_ADDRESS"):
-        raise ValueError(f"experiment_gpus={config.experiment_gpus} but this machine's Ray has {gpus:g} GPUs; "
+        raise ConfigError(f"experiment_gpus={config.experiment_gpus} but this machine's Ray has {gpus:g} GPUs; "
                          "experiments would wait forever (use 0 on CPU, or run on a GPU cluster)")
     scorer = scorer_actor(config.home, config.scorer, config.teacher, config.student)
     testbeds = [config.testbed, *config.heldout_testbeds]
