@@ -27,7 +27,7 @@ def _result(forum, audit, researcher, idea, pgr, answers: dict[int, str], flags=
 def campaign(tmp_path):
     forum = Forum(f"sqlite:///{tmp_path / 'forum.db'}", "c")
     audit: list[dict] = []
-    _result(forum, audit, "representations-0", "zero_shot_prior", 0.86, {1: "prior", 2: "prior"},
+    _result(forum, audit, "representations-0", "zero_shot_prior", 0.86, {1: "prior"},
             flags="matches_shortcut:zero_shot_prior")
     _result(forum, audit, "reweighting-1", "zero_shot_prior:temperature=1", 0.86, {1: "prior"},
             flags="matches_shortcut:zero_shot_prior")
@@ -35,6 +35,9 @@ def campaign(tmp_path):
     _result(forum, audit, "labels-2", "aux_confidence:alpha=0.50", 0.81, {2: "aux2", 3: "aux3"})  # same answers
     _result(forum, audit, "labels-2", "vanilla_w2s", 0.55, {1: "van1", 2: "van2"})
     _result(forum, audit, "labels-2", "vanilla_w2s", 0.50, {1: "van1b"})  # the same method again
+    # the spelling seen alike on seed 1 (through zero_shot_prior), now on seeds 2 and 3 only
+    _result(forum, audit, "reweighting-1", "zero_shot_prior:temperature=1", 0.85, {2: "prior", 3: "prior3"},
+            flags="matches_shortcut:zero_shot_prior")
     (tmp_path / "sealed").mkdir()
     (tmp_path / "sealed" / "audit.jsonl").write_text("".join(json.dumps(e) + "\n" for e in audit))
     return forum, str(tmp_path)
@@ -46,7 +49,7 @@ def test_ideas_with_identical_predictions_are_one_entry_best_first(campaign):
     assert [(e["idea"], e["researcher"]) for e in ranked] == [
         ("zero_shot_prior", "representations-0"), ("aux_confidence:alpha=0.5", "reweighting-1"),
         ("vanilla_w2s", "labels-2")]
-    assert ranked[0]["same_as"] == ["zero_shot_prior:temperature=1 (reweighting-1)"]
+    assert ranked[0]["same_as"] == ["zero_shot_prior:temperature=1 (reweighting-1)"] * 2
     assert ranked[1]["same_as"] == ["aux_confidence:alpha=0.50 (labels-2)"]
     assert ranked[2]["same_as"] == ["vanilla_w2s (labels-2)"]
 

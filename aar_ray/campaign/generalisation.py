@@ -70,10 +70,14 @@ def ranked_ideas(forum, testbed: str, home: str) -> list[dict]:
         if result["pgr"] is None:
             continue
         answers = _seed_digests(result, digests)
-        twin = next((e for e in entries if _same_idea(e, result) or same_predictions(e["answers"], answers)), None)
+        twin = next((e for e in entries if any(_same_idea(m, result) for m in e["members"])
+                     or same_predictions(e["answers"], answers)), None)
         if twin is None:
-            entries.append({**result, "answers": answers, "same_as": []})
+            entries.append({**result, "answers": answers, "same_as": [], "members": [result]})
             continue
+        # the entry now answers for these seeds too: a later run of other seeds is matched on them
+        twin["answers"] = {**answers, **twin["answers"]}
+        twin["members"].append(result)
         twin["same_as"].append(f"{result['idea']} ({result['researcher']})")
         twin["flags"] = ",".join(sorted(set(filter(None, f"{twin['flags']},{result['flags'] or ''}".split(",")))))
     return entries
