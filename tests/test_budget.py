@@ -72,7 +72,23 @@ def test_an_experiment_past_the_experiment_cap_is_refused_with_an_error_the_agen
     ctx = tools_context(tmp_path, budget, Forum(f"sqlite:///{tmp_path / 'forum.db'}", "c"))
     content, is_error = call_tool(ctx, "run_experiment", {"method": "vanilla_w2s", "seeds": [1]}, "call-1")
     assert is_error and "experiments budget exceeded: used 1 + requested 1 > cap 1" in content
+    assert json.loads(content)["code"] == "budget_exhausted"  # what an agent acts on, whatever the wording
     assert budget.spent.experiments == 1
+
+
+def test_the_search_researcher_stops_experimenting_on_the_budget_code_not_on_words():
+    from aar_ray.agents.search import next_action
+
+    def history(error: dict) -> list[dict]:
+        call = {"id": "c1", "name": "run_experiment", "input": {"method": "vanilla_w2s", "seeds": [1]}}
+        return [{"role": "assistant", "content": "", "tool_calls": [call]},
+                {"role": "tool", "tool_call_id": "c1", "content": json.dumps(error), "is_error": True}]
+
+    out = history({"error": "no more experiments for you", "code": "budget_exhausted"})
+    assert next_action(["vanilla_w2s", "confident_only"], out)[0] == "finish"
+    wording = history({"error": "seeds: the budget word alone means nothing", "code": "tool_error"})
+    assert next_action(["vanilla_w2s", "confident_only"], wording) == (
+        "run_experiment", {"method": "confident_only", "seeds": [1]})
 
 
 def test_campaign_dollars_and_hours_are_shared_equally_and_a_smaller_own_cap_wins():

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 
 from aar_ray.agents.backends import ToolCall, ToolSpec, Turn, Usage
+from aar_ray.agents.tools import BUDGET_EXHAUSTED
 
 ROUNDS = ([1], [2, 3], [4, 5])
 
@@ -47,7 +48,7 @@ def _experiment_history(messages: list[dict]):
         call, result = calls[m["tool_call_id"]]["input"], json.loads(m["content"])
         tried.add((call["method"], tuple(call["seeds"])))
         if m.get("is_error"):
-            out_of_budget |= "budget" in result.get("error", "").lower()
+            out_of_budget |= result.get("code") == BUDGET_EXHAUSTED
             continue
         per_seed = {int(s): seed_value(f) for s, f in result.get("feedback_per_seed", {}).items()
                      if seed_value(f) is not None}

@@ -352,21 +352,33 @@ TOOLS: dict[str, Callable] = {f.__name__: f for f in (
     post, read_forum, share_code, read_shared_code, finish, update_notes)}
 
 
+# The `code` of an error result, for agents (and the search researcher) that act on the kind of
+# error rather than its wording.
+UNKNOWN_TOOL, BAD_ARGUMENTS, BUDGET_EXHAUSTED, TOOL_ERROR = "unknown_tool", "bad_arguments", "budget_exhausted", "tool_error"
+
+
+def tool_error(code: str, message: str) -> tuple[str, bool]:
+    return json.dumps({"error": message, "code": code}), True
+
+
 def call_tool(ctx: ToolContext, name: str, arguments: dict, call_id: str) -> tuple[str, bool]:
-    """(JSON result, is_error). Unknown tools, bad arguments and ToolErrors go back to the agent."""
+    """(JSON result, is_error). Unknown tools, bad arguments, exhausted budgets and ToolErrors go
+    back to the agent as {"error": message, "code": one of the codes above}."""
     if name not in TOOLS:
-        return json.dumps({"error": f"unknown tool {name!r}; tools: {', '.join(TOOLS)}"}), True
+        return tool_error(UNKNOWN_TOOL, f"unknown tool {name!r}; tools: {', '.join(TOOLS)}")
     spec = next(s for s in SPECS if s.name == name)
     allowed = set(spec.input_schema["properties"])
     unknown = set(arguments) - allowed
     missing = set(spec.input_schema["required"]) - set(arguments)
     if unknown or missing:
-        return json.dumps({"error": f"{name}: unknown arguments {sorted(unknown)}, missing {sorted(missing)}; "
-                                    f"arguments are {sorted(allowed)}"}), True
+        return tool_error(BAD_ARGUMENTS, f"{name}: unknown arguments {sorted(unknown)}, missing {sorted(missing)}; "
+                                         f"arguments are {sorted(allowed)}")
     started = time.time()
     try:
         extra = {"call_id": call_id} if name == "run_experiment" else {}
         result = TOOLS[name](ctx, **arguments, **extra)
         return json.dumps({**result, "seconds": round(time.time() - started, 2)}, default=str), False
-    except (ToolError, BudgetExceeded) as err:
-        return json.dumps({"error": str(err)}), True
+    except BudgetExceeded as err:
+        return tool_error(BUDGET_EXHAUSTED, str(err))
+    except ToolError as err:
+        return tool_error(TOOL_ERROR, str(err))
