@@ -50,8 +50,14 @@ def test_laptop_campaign_runs_checks_generalisation_and_writes_a_report(small_ho
     assert proc.returncode == 0, proc.stderr[-3000:]
     report_dir = small_home / "campaigns" / "ci" / "report"
     report = (report_dir / "report.md").read_text()
-    for section in ("## PGR over time", "## Winners", "## Flagged ideas", "## Generalisation", "## Cost", "## Lineage"):
+    for section in ("## PGR over time", "## Winners", "## Flagged ideas", "## Generalisation", "## Audit of the top ideas",
+                    "## Cost", "## Models", "## Lineage"):
         assert section in report
+    audit = json.loads((small_home / "campaigns" / "ci" / "audit.json").read_text())
+    assert len(audit) == 2 and all(a["verdict"] == "pass" or a["verdict"].startswith("fail: ") for a in audit)
+    assert all(a["review"] == "not run" for a in audit)  # search researchers: no LLM to review with
+    models = json.loads((report_dir / "models.json").read_text())
+    assert [(m["model"], m["researchers"], m["dollars"]) for m in models] == [("search", 2, 0.0)]
     assert (report_dir / "pgr_over_time.png").stat().st_size > 1000
     table = json.loads((report_dir / "generalisation.json").read_text())
     assert len(table) == 2 and all("pref-small_holdout_pgr" in row for row in table)
@@ -68,7 +74,8 @@ def test_laptop_campaign_runs_checks_generalisation_and_writes_a_report(small_ho
     researcher_runs = runs[runs["tags.aar_researcher"].notna()]
     assert len(researcher_runs) == 2 and (researcher_runs["tags.mlflow.parentRunId"] == parent["run_id"].iloc[0]).all()
     artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(parent["run_id"].iloc[0])}
-    assert {"report.md", "report.html", "pgr_over_time.png", "generalisation.json", "cost.json"} <= artifacts
+    assert {"report.md", "report.html", "pgr_over_time.png", "generalisation.json", "cost.json", "models.json",
+            "audit.json"} <= artifacts
     traces = {Path(a.path).name.removesuffix(".json") for run_id in researcher_runs["run_id"]
               for a in mlflow.MlflowClient().list_artifacts(run_id, "traces")}
     assert traces == set(researcher_runs["tags.aar_researcher"])  # each conversation on its researcher's run

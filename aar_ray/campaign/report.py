@@ -90,6 +90,55 @@ def cost_summary(statuses: list[dict], results: list[dict], wall_seconds: float)
             "gpu_hours": round(sum(r.get("gpu_seconds") or 0.0 for r in results) / 3600, 4)}
 
 
+def model_summary(config, statuses: list[dict], results: list[dict]) -> list[dict]:
+    """Spend and outcomes per model: each researcher's own model (its experiments and best PGR),
+    or, when steps were routed, each model's share (steps, dollars, tokens, PGR gain credited)."""
+    from aar_ray.campaign import researcher_configs
+
+    model_of = {rc.name: f"{rc.backend.kind}:{rc.backend.model}" if rc.backend.model else rc.backend.kind
+                for rc in researcher_configs(config)}
+    rows: dict[str, dict] = {}
+    for status in statuses:
+        if "name" not in status:
+            continue
+        spent, mine = status.get("spent", {}), [r for r in results if r["researcher"] == status["name"]]
+        shares = status.get("models") or [{"model": model_of.get(status["name"], "?"), "steps": status["steps"],
+                                           "dollars": spent.get("dollars", 0.0), "tokens": spent.get("tokens", 0)}]
+        for share in shares:
+            row = rows.setdefault(share["model"], {"model": share["model"], "researchers": 0, "steps": 0,
+                                                   "dollars": 0.0, "tokens": 0, "experiments": 0, "best_pgr": None})
+            row["steps"] += share["steps"]
+            row["dollars"] = round(row["dollars"] + share["dollars"], 4)
+            row["tokens"] += share["tokens"]
+            if "pgr_gain" in share:
+                row["pgr_gain"] = round(row.get("pgr_gain", 0.0) + share["pgr_gain"], 4)
+        if not status.get("models"):  # a researcher's experiments belong to its one model
+            row = rows[shares[0]["model"]]
+            row["researchers"] += 1
+            row["experiments"] += len(mine)
+            best = max((r["pgr"] for r in mine if r["pgr"] is not None), default=None)
+            if best is not None and (row["best_pgr"] is None or best > row["best_pgr"]):
+                row["best_pgr"] = round(best, 4)
+    return list(rows.values())
+
+
+def audit_section(path: Path) -> list[str]:
+    """The audit's verdicts (campaign/audit.py), when the campaign ran it."""
+    audit_file = path / "audit.json"
+    if not audit_file.exists():
+        return []
+    records = json.loads(audit_file.read_text())
+    lines = ["", "## Audit of the top ideas (see the README's audit table)", ""]
+    lines += _markdown_table(records, ["idea", "researcher", "uses_teacher", "reproduces", "seed_stable",
+                                       "stays_in_ctx", "review", "verdict"]) if records else ["No idea was audited."]
+    for r in records:
+        if r.get("outside_ctx"):
+            lines.append(f"- `{r['idea']}` reaches past ctx: {r['outside_ctx']}")
+        if r.get("review_reasons"):
+            lines.append(f"- reviewer on `{r['idea']}` ({r['review']}): {r['review_reasons']}")
+    return lines
+
+
 def flag_ideas_that_do_not_generalise(ranked: list[dict], table: list[dict]) -> list[dict]:
     """The ranked ideas with `does_not_generalise` joined to the flags of those the
     generalisation check flagged (the check's verdict is the operator's: it stays off the forum,
@@ -193,7 +242,7 @@ def write_report(config, forum, tracker, parent_run_id: str, statuses: list[dict
     (out / "cost.json").write_text(json.dumps(cost, indent=2))
     lines = [f"# Campaign `{config.name}`", "",
              f"Research testbed `{config.testbed}`; held-out testbeds: {', '.join(config.heldout_testbeds) or 'none'}; "
-             f"{cost['researchers']} researchers ({config.backend.kind}). In the MLflow UI (`aar ui`): "
+             f"{cost['researchers']} researchers. In the MLflow UI (`aar ui`): "
              f"{tracker.results_url(UI_URL)}", "",
              "## PGR over time", "", "![PGR over time](pgr_over_time.png)", "",
              "## Winners: unflagged ideas (validation PGR, mean over the seeds of each experiment)", "",
@@ -215,7 +264,12 @@ def write_report(config, forum, tracker, parent_run_id: str, statuses: list[dict
               f"The top {config.generalisation.top_k} unflagged ideas. "
               + GENERALISATION_RULE.format(drop=config.generalisation.flag_drop), ""]
     lines += _markdown_table(table, columns)
+    lines += audit_section(path)
     lines += ["", "## Cost", ""] + _markdown_table([cost], list(cost))
+    models = model_summary(config, statuses, results)
+    (out / "models.json").write_text(json.dumps(models, indent=2))
+    lines += ["", "## Models (spend and outcomes per model)", ""] + _markdown_table(
+        models, list(dict.fromkeys(k for m in models for k in m)))
     lines += ["", "## Lineage of the winners", ""]
     for row in winners[:3]:
         trace = lineage(path, row)
@@ -234,7 +288,9 @@ def write_report(config, forum, tracker, parent_run_id: str, statuses: list[dict
     page = out / "report.html"
     page.write_text(markdown_page(lines, out, title=f"Campaign {config.name}"))
     summary = campaign_summary(config, winners, results, table, cost)
-    finish_runs(tracker, parent_run_id, [report, page, plot, out / "generalisation.json", out / "cost.json"],
+    audit = [path / "audit.json"] if (path / "audit.json").exists() else []
+    finish_runs(tracker, parent_run_id, [report, page, plot, out / "generalisation.json", out / "cost.json",
+                                         out / "models.json", *audit],
                 summary, statuses, results, table)
     return report
 
