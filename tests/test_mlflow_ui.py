@@ -3,8 +3,10 @@ opens from `aar ui` shows PGR, and the campaign report renders with its plot.
 
 Screenshots are saved under the test's temporary folder and their paths printed (`pytest -s`)."""
 
+import os
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -46,9 +48,6 @@ def server(tmp_path):
             time.sleep(0.5)
         yield url
     finally:
-        import os
-        import signal
-
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
 

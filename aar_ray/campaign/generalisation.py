@@ -19,7 +19,6 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
-import ray
 
 from aar_ray.experiments import ExperimentSpec, record_experiment
 from aar_ray.experiments.sweep import finish, submit_experiment
