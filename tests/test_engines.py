@@ -144,6 +144,25 @@ def test_an_idle_pool_gives_its_gpus_back_without_another_request(gpu_ray):
         pool.shutdown()
 
 
+class EnvEngine(EchoEngine):
+    """generate answers with the replica process's AAR_REPLICA_SETTING."""
+
+    def generate(self, prompts, max_tokens, adapter=None):
+        return [os.environ.get("AAR_REPLICA_SETTING", "unset") for _ in prompts]
+
+
+@pytest.mark.slow
+def test_replicas_run_with_the_pools_environment(gpu_ray):
+    # what a CPU vLLM replica needs (e.g. VLLM_CPU_KVCACHE_SPACE), from the preset's engine_pool.env
+    pool = EnginePool(None, PoolConfig(min_replicas=1, max_replicas=1, num_gpus=0,
+                                       env={"AAR_REPLICA_SETTING": "from-the-pool"}), engine_factory=EnvEngine)
+    try:
+        assert pool.generate(["q"], max_tokens=1) == ["from-the-pool"]
+        assert os.environ.get("AAR_REPLICA_SETTING") is None  # the caller's own environment is untouched
+    finally:
+        pool.shutdown()
+
+
 @pytest.mark.slow
 def test_new_replicas_get_every_registered_adapter(gpu_ray):
     config = PoolConfig(min_replicas=1, max_replicas=2, target_queue_per_replica=1, batch_size=1,
