@@ -248,14 +248,18 @@ def start_plane(home: Path, store: Path, workload: Workload, budget: int) -> Pla
     return Plane(scorer, recorder, ids, workload, budget, uuid.uuid4().hex[:8])
 
 
+def _no_op() -> None:
+    pass
+
+
 def fresh_worker_task_seconds(count: int) -> list[float]:
     """End-to-end seconds of no-op GPU tasks, one after another: each gets a fresh worker process
     (max_calls=1, Ray's default for GPU tasks)."""
-    no_op = ray.remote(max_calls=1, num_gpus=1, num_cpus=0)(time.sleep)
+    no_op = ray.remote(max_calls=1, num_gpus=1, num_cpus=0)(_no_op)
     seconds = []
     for _ in range(count):
         start = time.perf_counter()
-        ray.get(no_op.remote(0.0))
+        ray.get(no_op.remote())
         seconds.append(round(time.perf_counter() - start, 3))
     return seconds
 
