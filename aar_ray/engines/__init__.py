@@ -1,5 +1,6 @@
 """Inference engines: one interface (score_labels / generate / load_adapter), implemented on
-transformers (CPU, tests) and vLLM (GPU), and a Ray actor pool that serves either.
+transformers and on vLLM (its CUDA build on GPU nodes, its CPU build elsewhere), and a Ray actor
+pool that serves either.
 
 The engine classes are imported on first use, so importing the pool pulls in neither torch
 models nor vllm.
