@@ -137,8 +137,7 @@ def eventually(condition, timeout) -> bool:
     return condition()
 
 
-POOL = dict(engine="vllm", num_gpus=0, num_cpus=1, cpu_kv_cache_gib=0.25, batch_size=2,
-            env={"OMP_NUM_THREADS": "1"})
+POOL = dict(engine="vllm", num_gpus=0, num_cpus=1, cpu_kv_cache_gib=0.25, batch_size=2)
 
 
 @pytest.mark.slow
