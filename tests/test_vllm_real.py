@@ -140,7 +140,6 @@ def eventually(condition, timeout) -> bool:
 POOL = dict(engine="vllm", num_gpus=0, num_cpus=1, cpu_kv_cache_gib=0.25, batch_size=2)
 
 
-@pytest.mark.slow
 def test_a_vllm_pool_grows_to_two_replicas_under_load_and_back_to_one(vllm_ray, tiny, reference):
     pool = EnginePool(tiny, PoolConfig(**POOL, min_replicas=1, max_replicas=2, target_queue_per_replica=2,
                                        scale_down_after_s=2))
@@ -156,7 +155,6 @@ def test_a_vllm_pool_grows_to_two_replicas_under_load_and_back_to_one(vllm_ray, 
         pool.shutdown()
 
 
-@pytest.mark.slow
 def test_a_vllm_replica_killed_mid_request_is_replaced_and_the_answer_is_whole(vllm_ray, tiny, reference,
                                                                                adapters):
     pool = EnginePool(tiny, PoolConfig(**POOL, min_replicas=1, max_replicas=1, scale_down_after_s=300))

@@ -46,6 +46,7 @@ def test_presets_whose_weights_ship_with_the_install_pass():
         load_preset("qwen_huge")
 
 
+@pytest.mark.slow  # a subprocess
 def test_the_cli_refuses_a_preset_without_weights_in_seconds_before_any_work(tmp_path):
     home = tmp_path / "home"
     env = {**os.environ, "AAR_HOME": str(home)}
