@@ -140,8 +140,14 @@ def test_one_driver_per_campaign_ctrl_c_ends_cleanly_and_resume_continues(small_
         assert "preparing testbeds" not in second.stderr and "Traceback" not in second.stderr
         assert refused_after < 60, refused_after  # the interpreter's imports; then under a second
 
+        # one researcher paused from the start (`aar campaign pause --researcher`), so the campaign
+        # is still running, whatever the machine's speed, when the other's first result is in
+        from aar_ray.campaign import set_control
+
+        set_control(str(small_home), name, "pause", researcher="reweighting-1")
         forum_db = small_home / "forum.db"
         _wait_for(lambda: forum_db.exists() and len(_results(forum_db, name)) > 0, "a first result")
+        assert driver.poll() is None
         os.killpg(driver.pid, signal.SIGINT)
         _, err = driver.communicate(timeout=300)
     finally:
@@ -164,6 +170,7 @@ def test_one_driver_per_campaign_ctrl_c_ends_cleanly_and_resume_continues(small_
     rows = [json.loads(line) for line in status.stdout.strip().splitlines()]  # from a third directory
     assert status.returncode == 0 and rows and all(r["experiments"] >= 0 for r in rows), status.stderr[-2000:]
 
+    set_control(str(small_home), name, "run", researcher="reweighting-1")
     resumed = subprocess.run(aar_command(small_home, tmp_path, name, "--resume"), cwd=dirs["third"],
                              env=_env(), capture_output=True, text=True, timeout=900)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
