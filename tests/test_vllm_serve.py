@@ -158,3 +158,18 @@ def wait_until_up(server, timeout=600):
         except OSError:
             time.sleep(2)
     raise AssertionError(f"vllm serve did not come up in {timeout} s: {Path(server['log']).read_text()[-3000:]}")
+
+
+def test_the_audit_reviewer_on_a_real_server_answers_or_says_unclear(server):
+    """The audit's LLM reviewer through the same backend: a verdict when the model calls the
+    verdict tool, `unclear` with its reply when it does not; never a crash, cost charged."""
+    from aar_ray.agents.researcher import make_backend
+    from aar_ray.campaign.audit import VERDICTS, review
+
+    reviewer = make_backend(ResearcherConfig(name="reviewer", direction="", testbed="t",
+                                             backend=backend(server, max_tokens_per_turn=128)))
+    row = {"idea": "idea:clip", "researcher": "r-0", "validation_pgr": 0.4, "t_holdout_pgr": 0.38}
+    verdict = review(reviewer, row, "def run(ctx):\n    return ctx.weak.probs\n", ["It copies the teacher."],
+                     {"validation_pgr": 0.4, "t_holdout_pgr": 0.38}, max_tokens=128)
+    assert verdict["review"] in VERDICTS and verdict["review_dollars"] >= 0
+    assert verdict["review"] != "unclear" or verdict["review_reasons"].startswith("no verdict in the reply")
