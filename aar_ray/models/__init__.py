@@ -34,7 +34,7 @@ def student_factory(testbed: str, home: Path, config: StudentConfig,
         from aar_ray.models.presets import load_preset
         from aar_ray.models.causal_lm import CausalLMStudent
 
-        preset = load_preset(config.preset)
+        preset = load_preset(config.preset, home)
         rows = {split: frame.to_dict("records") for split, frame in load_public(testbed, home).items()}
         return lambda: CausalLMStudent(rows, preset.student, seed, pool_config=preset.engine_pool)
     config = resolve_student_config(config, testbed, home)

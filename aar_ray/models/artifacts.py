@@ -73,13 +73,14 @@ def binary_labels(labels) -> np.ndarray:
                     dtype=np.float32)
 
 
-def make_teacher(config: TeacherConfig, seed: int):
-    """The weak teacher of a config: bag-of-words on CPU, or a preset's causal LM (LoRA)."""
+def make_teacher(config: TeacherConfig, seed: int, home: Path | None = None):
+    """The weak teacher of a config: bag-of-words on CPU, or a preset's causal LM (LoRA), its
+    adapters under `home`."""
     if config.kind == "causal_lm":
         from aar_ray.models.presets import load_preset
         from aar_ray.models.causal_lm import CausalLMTeacher
 
-        return CausalLMTeacher(load_preset(config.preset).teacher, seed)
+        return CausalLMTeacher(load_preset(config.preset, home).teacher, seed)
     return BowTeacher(config, seed)
 
 
@@ -109,7 +110,7 @@ def weak_labels(name: str, home: Path, teacher: TeacherConfig, seed: int) -> Wea
     path = Path(home) / "cache" / "weak" / name / f"{key}.parquet"
     if not path.exists():
         public, labelled = load_public(name, home), load_teacher_data(name, home)
-        model = make_teacher(teacher, seed).fit(labelled.to_dict("records"), binary_labels(labelled["label"]))
+        model = make_teacher(teacher, seed, home).fit(labelled.to_dict("records"), binary_labels(labelled["label"]))
         frame = pd.concat([
             pd.DataFrame({"split": split, "id": public[split]["id"],
                           "p": model.predict_proba(public[split].to_dict("records"))})

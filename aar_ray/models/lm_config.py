@@ -40,7 +40,8 @@ class CausalLMConfig:
     warmup_ratio: float = 0.0
     gradient_checkpointing: bool = True
     num_gpus: float = 1  # GPUs a fit task asks Ray for
-    adapter_uri: str = ".aar/adapters"  # a local folder, or a URI pyarrow.fs can write (s3://, gs://)
+    # a folder (relative: under the aar home), or a URI pyarrow.fs can write (s3://, gs://)
+    adapter_uri: str = "adapters"
     dtype: str = "auto"  # auto: bfloat16 on CUDA, float32 on CPU
     # Students only: `pool` sends base-model reads to the shared engine pool; fitted adapters still
     # predict in the student's process. A config file's value is checked by OmegaConf (the enum).

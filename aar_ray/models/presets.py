@@ -33,9 +33,11 @@ def preset_names() -> list[str]:
     return sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
 
 
-def load_preset(name_or_path: str | Path, **overrides) -> ModelPreset:
+def load_preset(name_or_path: str | Path, home: str | Path | None = None, **overrides) -> ModelPreset:
     """A preset by name (conf/models/<name>.yaml) or path; `overrides` are dotted keys,
-    e.g. load_preset("qwen_math", **{"student.model": "/models/Qwen3-4B-Base"})."""
+    e.g. load_preset("qwen_math", **{"student.model": "/models/Qwen3-4B-Base"}). With `home`, a
+    relative `adapter_uri` is a folder of that aar home (shared by every node), never of the
+    working directory, which in a Ray job is a temporary copy."""
     path = Path(name_or_path)
     if path.suffix not in (".yaml", ".yml"):
         path = PRESET_DIR / f"{name_or_path}.yaml"
@@ -44,7 +46,12 @@ def load_preset(name_or_path: str | Path, **overrides) -> ModelPreset:
                                   f"known: {', '.join(preset_names())}, or a path to a .yaml file")
     merged = OmegaConf.merge(OmegaConf.structured(ModelPreset), OmegaConf.load(path),
                              OmegaConf.from_dotlist([f"{k}={v}" for k, v in overrides.items()]))
-    return OmegaConf.to_object(merged)
+    preset = OmegaConf.to_object(merged)
+    if home is not None:
+        for role in (preset.student, preset.teacher):
+            if "://" not in role.adapter_uri and not Path(role.adapter_uri).expanduser().is_absolute():
+                role.adapter_uri = str(Path(home) / role.adapter_uri)
+    return preset
 
 
 def check_preset_weights(name_or_path: str | Path, role: str) -> None:
