@@ -580,3 +580,15 @@ def test_preflight_refuses_a_wrong_model_or_address_and_checks_keys(monkeypatch)
     with pytest.raises(PreflightError, match="ANTHROPIC_API_KEY"):
         preflight(BackendConfig(kind="anthropic", model="claude-opus-4-6"))
     assert preflight(BackendConfig())["ok"]
+
+
+def test_tool_calls_can_be_required_of_an_open_model_and_only_there(stub, sleep):
+    from aar_ray.agents.researcher import BackendConfig
+
+    stub.push(openai_completion(tool_calls=[openai_tool_call("c1", "read_file", {"path": "a.txt"})]))
+    turn = open_model(stub, sleep, tool_choice="required").step("sys", [user_message("go")], [READ_FILE], 64)
+    assert stub.requests[-1].body["tool_choice"] == "required" and turn.tool_calls[0].name == "read_file"
+    with pytest.raises(ValueError, match=r"backend.tool_choice='always'; allowed: auto, required"):
+        open_model(stub, sleep, tool_choice="always")
+    with pytest.raises(PreflightError, match=r"backend.tool_choice='required' is for openai backends"):
+        preflight(BackendConfig(kind="anthropic", model="claude-sonnet-4-6", tool_choice="required"))

@@ -73,25 +73,25 @@ def server(tmp_path_factory):
 
 
 def backend(server, **overrides) -> BackendConfig:
+    """The researchers' backend: tool calls required, since a 135M model rarely chooses one."""
     settings = dict(kind="openai", model=MODEL, base_url=server["url"], max_tokens_per_turn=256,
-                    temperature=0.0, startup_timeout_s=600)
+                    temperature=0.0, startup_timeout_s=600, tool_choice="required")
     return BackendConfig(**{**settings, **overrides})
 
 
-def test_preflight_finds_the_server_and_checks_its_tool_calling(server):
-    try:
-        found = preflight(backend(server), poll_s=2.0)
-    except PreflightError as err:
-        # SmolLM2-135M answers the `auto` check in plain text (it repeats the prompt): refused in
-        # words that say what to change. The forced check before it (a named tool_choice) passed:
-        # the server took the tool schema and its parser read the call.
-        message = str(err)
-        assert "tool calling does not work" in message and "(auto check)" in message, message
-        assert "--enable-auto-tool-choice" in message and "--tool-call-parser" in message
-        return
+def test_preflight_passes_with_calls_required_and_says_what_to_change_for_auto(server):
+    """SmolLM2-135M answers the `auto` check in prose (it repeats the prompt): refused in words
+    that name the server flags and `backend.tool_choice=required`. Held to calls (vLLM's
+    constrained decoding), it passes: the server took the tool schema and its parser read the call."""
+    with pytest.raises(PreflightError) as refused:
+        preflight(backend(server, tool_choice="auto"), poll_s=2.0)
+    message = str(refused.value)
+    assert "tool calling does not work" in message and "(auto check)" in message, message
+    assert "--enable-auto-tool-choice" in message and "backend.tool_choice=required" in message
+    found = preflight(backend(server), poll_s=2.0)
     assert server["process"].poll() is None, Path(server["log"]).read_text()[-3000:]
     assert found["served_models"] == [MODEL] and found["context_window"] == 8192
-    assert found["forced_tool_call"]["name"] == "preflight_echo"  # the schema was accepted and parsed
+    assert found["forced_tool_call"]["name"] == found["auto_tool_call"]["name"] == "preflight_echo"
 
 
 def tools_context(root: Path) -> ToolContext:
@@ -118,6 +118,8 @@ def test_an_open_model_researcher_takes_steps_on_a_real_vllm_server(server, tmp_
     history = list(read_history(tmp_path))
     replies = [m for m in history if m["role"] == "assistant"]
     assert len(replies) == STEPS
+    # held to calls, the model made them, and the researcher parsed and ran them
+    assert sum(len(r.get("tool_calls") or []) for r in replies) >= STEPS
     # every reply was acted on: a parsed call got its tool's result, a malformed one an error
     # result naming the problem, a plain-text reply a request to use the tools
     answered = {m["tool_call_id"] for m in history if m["role"] == "tool"}

@@ -924,9 +924,14 @@ class OpenAICompatibleBackend(_PricedBackend):
                  timeout: float = 600.0, retry_policy: RetryPolicy | None = None,
                  estimate_bytes_per_token: float = 1.0, context_window: int | None = None,
                  strict_tools: bool = False, temperature: float | None = None,
-                 top_p: float | None = None):
+                 top_p: float | None = None, tool_choice: str = "auto"):
+        if tool_choice not in ("auto", "required"):
+            raise ValueError(f"backend.tool_choice={tool_choice!r}; allowed: auto, required")
         self.model = model
         self.base_url = base_url.rstrip("/")
+        # "required": every reply must call a tool (constrained decoding on vLLM): for models too
+        # weak to choose between text and a call; `finish` is a tool, so it can still stop.
+        self.tool_choice = tool_choice
         self.api_key_env = api_key_env
         self.prices = resolve_prices(prices, model, fallback=OPENAI_COMPATIBLE_PRICES)
         self.retry = retry_policy or RetryPolicy(max_retries=max_retries)
@@ -942,7 +947,7 @@ class OpenAICompatibleBackend(_PricedBackend):
              tool_choice: str | dict | None = None) -> Turn:
         validate_messages(messages)
         request = openai_request(self.model, system, messages, tools, max_tokens, strict=self.strict_tools,
-                                 tool_choice=tool_choice or "auto", sampling=self.sampling)
+                                 tool_choice=tool_choice or self.tool_choice, sampling=self.sampling)
         response = self.retry.call(lambda: self._send(request), what=f"{self.base_url} {self.model}")
         return turn_from_openai(response, self.prices, tools)
 

@@ -9,8 +9,8 @@ For an OpenAI-compatible server (``backend.kind: openai``, e.g. ``vllm serve``):
    the configured model must be among the served ones (else the list is named); the served
    ``max_model_len`` is the context window the researchers will fit under;
 3. **tools work**: one tiny request with one tool and ``tool_choice`` naming it must come back as
-   a tool call of that tool, and the same request with ``tool_choice: "auto"`` (what researchers
-   send) must too: a 400 ("auto" tool choice requires ...), the call written as text in the
+   a tool call of that tool, and the same request with the configured ``backend.tool_choice``
+   (``auto``, or ``required`` for a model too small to choose; what researchers send) must too: a 400 ("auto" tool choice requires ...), the call written as text in the
    content, or a plain-text answer (the chat template dropped the tools) are each refused with
    a message naming ``--enable-auto-tool-choice``, ``--tool-call-parser`` and ``--chat-template``.
 
@@ -63,6 +63,9 @@ def preflight(backend_config: Any, *, poll_s: float = 2.0, sleep: Callable[[floa
         if backend_config.temperature is not None or backend_config.top_p is not None:
             raise PreflightError("backend.temperature and backend.top_p must be unset for anthropic: the Messages "
                                  "API (version 2026-10-21) refuses them")
+        if backend_config.tool_choice != "auto":
+            raise PreflightError(f"backend.tool_choice={backend_config.tool_choice!r} is for openai backends; "
+                                 "use auto with anthropic")
         try:
             read_api_key(backend_config.api_key_env or "ANTHROPIC_API_KEY", f"Anthropic {backend_config.model}")
         except BackendError as err:
@@ -82,7 +85,7 @@ def _openai(config, poll_s: float, sleep, clock) -> dict:
         backend = OpenAICompatibleBackend(
             config.model, config.base_url, api_key_env=config.api_key_env or None, timeout=120.0,
             strict_tools=config.strict_tools, temperature=config.temperature, top_p=config.top_p,
-            retry_policy=RetryPolicy(max_retries=0))
+            tool_choice=config.tool_choice, retry_policy=RetryPolicy(max_retries=0))
     except BackendError as err:
         raise PreflightError(str(err)) from None
     try:
@@ -94,7 +97,7 @@ def _openai(config, poll_s: float, sleep, clock) -> dict:
                                  f"--served-model-name {config.model}")
         window = config.context_window or int(served[config.model].get("max_model_len") or 0) or None
         forced = _probe(backend, {"type": "function", "function": {"name": PROBE_TOOL.name}}, where)
-        auto = _probe(backend, "auto", where)
+        auto = _probe(backend, config.tool_choice, where)  # the mode researchers will use
     finally:
         backend.close()
     return {"kind": "openai", "model": config.model, "base_url": config.base_url, "ok": True,
@@ -123,7 +126,7 @@ def _wait_for_models(backend: OpenAICompatibleBackend, timeout_s: float, poll_s:
 
 
 def _probe(backend: OpenAICompatibleBackend, tool_choice, where: str) -> dict:
-    mode = "auto" if tool_choice == "auto" else "forced"
+    mode = tool_choice if tool_choice in ("auto", "required") else "forced"
     try:
         turn = backend.step("", [user_message(PROBE_PROMPT)], [PROBE_TOOL], 128, tool_choice=tool_choice)
     except BackendRequestError as err:
@@ -140,4 +143,6 @@ def _probe(backend: OpenAICompatibleBackend, tool_choice, where: str) -> dict:
     else:
         why = (f"the reply was plain text ({turn.text[:120]!r}), no tool call: the chat template may have "
                f"no place for tools, or tool calling is not enabled")
-    raise PreflightError(f"tool calling does not work on {where} ({mode} check): {why}; {VLLM_FLAGS}")
+    hint = ("; a model too small to choose between prose and a call can be held to calls with "
+            "backend.tool_choice=required") if mode == "auto" and not turn.tool_calls else ""
+    raise PreflightError(f"tool calling does not work on {where} ({mode} check): {why}; {VLLM_FLAGS}{hint}")

@@ -54,6 +54,9 @@ class BackendConfig:
     temperature: float | None = None  # sampling; None: the server's (or the model's) default
     top_p: float | None = None
     strict_tools: bool = True  # tool schemas sent strict (constrained decoding of the arguments)
+    # openai: "auto" (the model chooses text or a call) or "required" (every reply is a tool call;
+    # for small models that answer in prose); pre-flight checks the mode configured here
+    tool_choice: str = "auto"
     startup_timeout_s: float = 300.0  # openai: how long pre-flight waits for the server to be up
 
 
@@ -136,7 +139,8 @@ def _single_backend(b: BackendConfig, candidates: list[str]):
     if kind == "openai":
         from aar_ray.agents.backends import OpenAICompatibleBackend
 
-        return OpenAICompatibleBackend(b.model, b.base_url, api_key_env=b.api_key_env or None, **common)
+        return OpenAICompatibleBackend(b.model, b.base_url, api_key_env=b.api_key_env or None,
+                                       tool_choice=b.tool_choice, **common)
     raise ValueError(f"backend.kind={kind!r}; allowed: search, anthropic, openai")
 
 
