@@ -301,14 +301,15 @@ def test_a_campaign_survives_a_stopped_job_an_edited_checkout_and_a_dead_worker_
     _assert_only_in_the_home(cluster)
 
     results = _results(forum, name)
-    assert len(results) == len(set(results["call_key"])) == 2 * 3  # every experiment exactly once
+    status = _aar("campaign", "status", "--name", name, home=cluster.home, cwd=tmp_path)
+    assert len(results) == len(set(results["call_key"])) == 2 * 3, (  # every experiment exactly once
+        status.stdout, _ray_job(cluster, "job", "logs", "--address", "{address}", resumed).stdout[-4000:])
     scored = [e["key"] for e in _audit(cluster.home) if e["outcome"] == "scored" and e.get("key")]
     assert len(scored) == len(set(scored))  # and scored once: a retried experiment is replayed, not rescored
     assert _operator_key(cluster.home) == operator_key  # the same sealed store, the same budgets
     runs = _experiment_runs(cluster.home, f"campaign-{name}")
     alive = {n["node_id"] for n in cluster.nodes() if n["state"] == "ALIVE" and not n["is_head_node"]}
     assert killed not in alive and set(runs["tags.ray_node_id"].dropna()) <= alive | {killed}
-    status = _aar("campaign", "status", "--name", name, home=cluster.home, cwd=tmp_path)
     rows = [line for line in status.stdout.splitlines() if line.startswith("{")]
     assert status.returncode == 0 and len(rows) == 2 and all('"stopped": "finished' in r for r in rows), status.stdout
     report = _aar("report", name, home=cluster.home, cwd=tmp_path)

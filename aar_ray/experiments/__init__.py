@@ -102,8 +102,10 @@ def experiment_params(spec: ExperimentSpec) -> dict:
             **{f"teacher.{k}": v for k, v in asdict(spec.teacher).items()}}
 
 
-SCORER_ATTEMPTS = 5
 SCORER_TIMEOUT_S = 600.0  # an answer takes milliseconds; the first of a testbed computes its checks
+# How long a submission waits for a dead scorer to come back: Ray restarts it (on another node
+# if its node died) and it reloads its audit log and baselines, which takes a while on a busy node.
+SCORER_RESTART_S = 600.0
 
 
 def score_result(scorer, submitter: str, spec: ExperimentSpec, result: MethodResult,
@@ -116,7 +118,8 @@ def score_result(scorer, submitter: str, spec: ExperimentSpec, result: MethodRes
     import ray
 
     ids, probs = result.half(spec.eval_split)
-    for attempt in range(SCORER_ATTEMPTS):
+    deadline, attempt = time.monotonic() + SCORER_RESTART_S, 0
+    while time.monotonic() < deadline:
         if spec.eval_split == "holdout":
             call = scorer.score_holdout.remote(operator_key, submitter, spec.testbed, ids, probs, key)
         else:
@@ -132,7 +135,8 @@ def score_result(scorer, submitter: str, spec: ExperimentSpec, result: MethodRes
             # The scorer died; Ray restarts it and it rebuilds budgets and keyed answers from its
             # audit log, so resubmitting under the same key cannot count the experiment twice.
             time.sleep(min(2.0 ** attempt, 10.0))
-    return {}, f"the scorer was unreachable after {SCORER_ATTEMPTS} attempts"
+            attempt += 1
+    return {}, f"the scorer was unreachable for {SCORER_RESTART_S:.0f} s ({attempt} attempts)"
 
 
 def record_experiment(tracker, spec: ExperimentSpec, result: MethodResult | None, score: dict,

@@ -39,9 +39,17 @@ def connect_ray(num_cpus: int | None = None) -> None:
     if os.environ.get("RAY_ADDRESS"):
         ray.init(namespace="aar")
     else:
-        # address="local": always a fresh instance here, never some other cluster on this machine
-        ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, namespace="aar",
-                 log_to_driver=False)
+        # Ray's own processes (GCS, raylet, and the workers the raylet starts) are children of this
+        # one, in the terminal's process group. Started with SIGINT ignored (inherited across exec),
+        # a Ctrl-C reaches this driver alone, which then stops the campaign through a Ray still up.
+        previous = signal.signal(signal.SIGINT, signal.SIG_IGN) if main else None
+        try:
+            # address="local": always a fresh instance here, never some other cluster on this machine
+            ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, namespace="aar",
+                     log_to_driver=False)
+        finally:
+            if main:
+                signal.signal(signal.SIGINT, previous)
     if callable(ours):
         signal.signal(signal.SIGTERM, ours)
 
