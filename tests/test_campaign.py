@@ -126,8 +126,11 @@ def test_one_driver_per_campaign_ctrl_c_ends_cleanly_and_resume_continues(small_
     dirs = {d: tmp_path / d for d in ("first", "second", "third")}
     for d in dirs.values():
         d.mkdir()
+    # a terminal's foreground job: SIGINT not ignored, even when this test runs in a background
+    # job (whose commands a shell starts with SIGINT ignored, and children inherit that)
     driver = subprocess.Popen(aar_command(small_home, tmp_path, name), cwd=dirs["first"], env=_env(),
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+                              preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         lock = small_home / "campaigns" / name / "lock.json"
         _wait_for(lock.exists, "the first driver's lock")
