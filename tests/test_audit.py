@@ -9,7 +9,7 @@ import pytest
 from aar_ray.agents.backends import AnthropicBackend, Prices
 from aar_ray.campaign.audit import FAILED_AUDIT, audit, deterministic_checks, outside_ctx
 from aar_ray.forum import Forum
-from tests.stub_llm_server import StubLLMServer, anthropic_message, text_block, tool_use_block
+from stub_llm_server import StubLLMServer, anthropic_message, text_block, tool_use_block
 
 CLEAN = '''"""Confidence-weighted self-training."""
 import numpy as np

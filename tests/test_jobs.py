@@ -12,7 +12,6 @@ one job is resumed by the next, even after the checkout changed and a worker nod
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -24,6 +23,7 @@ import pandas as pd
 import psutil
 import pytest
 import yaml
+from ports import free_port
 
 pytestmark = pytest.mark.slow
 
@@ -88,7 +88,7 @@ def cluster(small_home, tmp_path_factory):
            "AAR_HOME": str(home)}
     for name in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI", "RAY_AUTH_MODE", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"):
         env.pop(name, None)
-    env["AAR_DASHBOARD_PORT"] = str(_free_port())  # 8265 may be a developer's own head
+    env["AAR_DASHBOARD_PORT"] = str(free_port())  # 8265 may be a developer's own head
     up = subprocess.run(["clusters/one_host.sh", "up", str(folder), str(WORKERS)], cwd=REPO, env=env,
                         capture_output=True, text=True, timeout=600)
     try:
@@ -97,11 +97,6 @@ def cluster(small_home, tmp_path_factory):
     finally:
         _stop(folder, env)
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _copy_of_checkout(dest: Path) -> Path:
@@ -230,7 +225,7 @@ def _pgr_in_aar_ui(home: Path, cwd: Path, experiment: str, timeout: float = 180)
     """The experiment runs' PGR as `aar ui`, started in another directory, serves them."""
     import requests
 
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "AAR_HOME": str(home)}
     for name in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI"):
         env.pop(name, None)

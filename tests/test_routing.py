@@ -3,7 +3,7 @@ two local OpenAI-compatible stand-ins priced differently."""
 
 from aar_ray.agents.backends import OpenAICompatibleBackend, Prices, user_message
 from aar_ray.agents.routing import RoutedBackend, UCBRouter
-from tests.stub_llm_server import StubLLMServer, openai_completion
+from stub_llm_server import StubLLMServer, openai_completion
 
 
 def test_every_model_is_tried_then_the_best_value_per_dollar_is_preferred():

@@ -10,7 +10,6 @@ import json
 import os
 import random
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -25,6 +24,7 @@ from aar_ray.agents.researcher import BackendConfig, Researcher, ResearcherConfi
 from aar_ray.agents.tools import ToolContext, call_tool
 from aar_ray.models.presets import load_preset
 from aar_ray.models.weights import resolve_model_path
+from ports import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 TOOL_TEMPLATE = ROOT / "conf" / "models" / "chatml_tools.jinja"
@@ -33,11 +33,6 @@ STEPS = 3
 
 pytestmark = pytest.mark.slow
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def serve_command(folder: str, port: int) -> list[str]:
