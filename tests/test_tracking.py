@@ -2,7 +2,6 @@
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -12,14 +11,10 @@ import pytest
 import requests
 
 from aar_ray.tracking import Tracker
+from ports import free_port
 
 pytestmark = pytest.mark.slow
 
-
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _start_server(tmp_path, port):
@@ -50,10 +45,13 @@ def _log(tracker, key):
 
 
 def test_records_are_spooled_while_the_server_is_down_and_written_once_it_is_back(tmp_path, monkeypatch):
-    port = _free_port()
+    port = free_port()
     server = _start_server(tmp_path, port)
     for name in ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_TIMEOUT"):
         monkeypatch.delenv(name, raising=False)
+    # MLflow's own telemetry, on outside CI, writes a session id into os.environ on first use:
+    # off here, as on a machine with no network, so the check below sees the tracker alone
+    monkeypatch.setenv("MLFLOW_DISABLE_TELEMETRY", "true")
     environment = dict(os.environ)
     tracker = Tracker(f"http://127.0.0.1:{port}", "outage", spool_dir=tmp_path / "spool")
     assert dict(os.environ) == environment  # the tracker fails over by itself, not by changing the process
