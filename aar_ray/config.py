@@ -3,10 +3,11 @@
 `load_config(Schema, path, overrides)` merges the dataclass defaults, a YAML file and
 `key=value` overrides, and fails with a `ConfigError` that names the key and what is allowed.
 
-It also fixes where state lives, once: `home` becomes an absolute path (`resolve_home`) and an
-empty `tracking.uri` becomes the home's MLflow store (`resolve_tracking_uri`), so everything
-below the entry point gets absolute locations and never depends on its working directory, which
-inside a Ray job is Ray's temporary copy of the working tree.
+It also fixes where state lives, once: `home` becomes an absolute path (aar_ray.home's
+`resolve_home`) and an empty `tracking.uri` becomes the home's MLflow store
+(`resolve_tracking_uri`), so everything below the entry point gets absolute locations and never
+depends on its working directory, which inside a Ray job is Ray's temporary copy of the working
+tree. `ConfigError` (from aar_ray.home) names the key and what is wrong with it.
 """
 
 from __future__ import annotations
@@ -19,7 +20,8 @@ from typing import TypeVar
 from omegaconf import OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
-from aar_ray.errors import UserError
+from aar_ray.errors import ConfigError
+from aar_ray.home import in_ray_job, resolve_home
 from aar_ray.methods import METHODS, MethodSpecError, parse_method
 from aar_ray.models.student import HEADS, LOSSES, StudentConfig
 from aar_ray.models.teacher import TeacherConfig
@@ -28,54 +30,8 @@ from aar_ray.scoring.scorer import ScorerConfig
 T = TypeVar("T")
 
 
-class ConfigError(UserError, ValueError):
-    pass
-
-
 # --------------------------------------------------------------------------- where state lives
-
-# `ray job submit` runs the entrypoint in the node's copy of the uploaded working directory,
-# <temp>/session_*/runtime_resources/working_dir_files/_ray_pkg_<hash>/, deleted with the session.
-RAY_WORKING_DIR_MARK = os.path.join("runtime_resources", "working_dir_files")
-# Ray's job supervisor sets this in the environment of every job entrypoint it starts
-# (ray/dashboard/modules/job/job_supervisor.py, `_get_driver_env_vars`); `RAY_JOB_ID` is not
-# a reliable signal (Ray strips it from submitted environments and sets it only in workers).
-RAY_JOB_ENV_MARK = "RAY_JOB_CONFIG_JSON_ENV_VAR"
-
-
-def in_ray_job() -> bool:
-    """True in a process started by `ray job submit` (or any process whose working directory is
-    a Ray working_dir package), where a relative path would land in a folder Ray deletes."""
-    return RAY_JOB_ENV_MARK in os.environ or RAY_WORKING_DIR_MARK in os.getcwd()
-
-
-def default_home() -> str:
-    """`$AAR_HOME`, else `~/.aar`: one per user, the same from every directory."""
-    return os.environ.get("AAR_HOME") or "~/.aar"
-
-
-def resolve_home(home: str | os.PathLike | None = None, key: str = "home") -> str:
-    """The storage root as an absolute path. Empty means `default_home()`. A relative path is
-    taken against the working directory where a person typed the command, and refused inside a
-    Ray job, where the working directory is Ray's temporary copy of the tree."""
-    given = str(home) if home else default_home()
-    if not home:
-        key = "AAR_HOME" if os.environ.get("AAR_HOME") else key
-    if "://" in given:
-        raise ConfigError(
-            f"{key}={given!r}: object-store URIs are not supported as the aar home; use a path, "
-            "on a cluster a mount every node shares (NFS, an RWX volume), e.g. home=/mnt/aar")
-    path = Path(given).expanduser()
-    if not path.is_absolute():
-        if in_ray_job():
-            raise ConfigError(
-                f"{key}={given!r} is relative, and this process runs inside a Ray job, whose working "
-                f"directory ({os.getcwd()}) is Ray's temporary copy of the uploaded files: state "
-                f"there is lost when the job ends. Set {key} to an absolute path, on a cluster one "
-                f"every node mounts (e.g. {key}=/mnt/aar), or leave home and AAR_HOME unset for "
-                "~/.aar of the user running Ray")
-        path = Path.cwd() / path
-    return os.path.normpath(path)
+# The home itself (`resolve_home`) is resolved in aar_ray.home; here, the other locations.
 
 
 def resolve_store_url(url: str, key: str) -> str:
@@ -214,5 +170,4 @@ def to_yaml(config) -> str:
     return OmegaConf.to_yaml(OmegaConf.structured(config))
 
 
-__all__ = ["BaselineConfig", "ConfigError", "LOSSES", "METHODS", "TrackingConfig", "default_home",
-           "in_ray_job", "load_config", "resolve_home", "resolve_locations", "to_yaml"]
+__all__ = ["BaselineConfig", "LOSSES", "METHODS", "TrackingConfig", "load_config", "resolve_locations", "to_yaml"]

@@ -5,3 +5,7 @@ and exits 2; any other exception is a bug and shows its traceback."""
 
 class UserError(Exception):
     """A mistake the user can fix from the message alone."""
+
+
+class ConfigError(UserError, ValueError):
+    """A config key or value that cannot be used; the message names the key and what is allowed."""

@@ -69,7 +69,7 @@ def build_random_qwen3_4b(folder: Path) -> str:
     import torch
     import transformers
 
-    from aar_ray.models.weights import _tiny_tokenizer
+    from aar_ray.lm.weights import _tiny_tokenizer
 
     if (folder / "config.json").exists():
         return str(folder)
@@ -87,7 +87,7 @@ def build_random_qwen3_4b(folder: Path) -> str:
 
 
 def model_config(model: str, max_length: int):
-    from aar_ray.models.lm_config import CausalLMConfig
+    from aar_ray.lm.config import CausalLMConfig
 
     gpu = on_gpu()
     # One dtype for both engines, so that their answers can be compared: bf16 on a GPU, float32 on a CPU.
@@ -224,7 +224,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     def resolve() -> dict:
         nonlocal model
-        from aar_ray.models.weights import resolve_model_path
+        from aar_ray.lm.weights import resolve_model_path
 
         if model is None:
             model = (build_random_qwen3_4b(Path(args.work_dir) / "qwen3-4b-random") if gpu else "tiny:qwen3")

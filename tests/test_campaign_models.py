@@ -35,7 +35,7 @@ def test_a_campaign_whose_second_model_is_unreachable_refuses_to_start_naming_it
 
 
 def test_a_directions_file_of_the_wrong_shape_is_a_config_error_naming_the_key(tmp_path):
-    from aar_ray.config import ConfigError
+    from aar_ray.errors import ConfigError
 
     bad = tmp_path / "directions.yaml"
     bad.write_text("- just a string\n")

@@ -6,9 +6,12 @@ import pandas as pd
 import pytest
 import torch
 
+from aar_ray.lm.config import CausalLMConfig
+from aar_ray.lm.label_lm import LabelLM
+from aar_ray.lm.prompts import EncodedPrompt
+from aar_ray.lm.weights import WeightsNotFoundError, materialize_tiny_model
+from aar_ray.models.causal_lm import CausalLMStudent, CausalLMTeacher
 from aar_ray.models.presets import load_preset, preset_names
-from aar_ray.models.causal_lm import (CausalLMConfig, CausalLMStudent, CausalLMTeacher, EncodedPrompt,
-                                      LabelLM, WeightsNotFoundError, materialize_tiny_model)
 
 ANIMALS = "cat dog cow horse bird fish".split()
 COLORS = "red blue green yellow black white".split()

@@ -4,8 +4,9 @@ causal LMs of a model preset (here the tiny CPU one; qwen_* on a GPU cluster).""
 import numpy as np
 import pytest
 
-from aar_ray.config import BaselineConfig, ConfigError, load_config
+from aar_ray.config import BaselineConfig, load_config
 from aar_ray.experiments import ExperimentSpec, run_method
+from aar_ray.errors import ConfigError
 from aar_ray.methods import parse_method
 from aar_ray.models import StudentConfig, TeacherConfig
 from aar_ray.testbeds import load_public

@@ -4,8 +4,9 @@ from pathlib import Path
 
 import pytest
 
-from aar_ray.config import (RAY_JOB_ENV_MARK, BaselineConfig, ConfigError, in_ray_job, load_config,
-                            resolve_home)
+from aar_ray.config import BaselineConfig, load_config
+from aar_ray.errors import ConfigError
+from aar_ray.home import RAY_JOB_ENV_MARK, in_ray_job, resolve_home
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 

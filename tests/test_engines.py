@@ -12,7 +12,9 @@ import torch
 
 from aar_ray.engines import (EnginePool, PoolConfig, TransformersEngine, desired_replicas,
                              start_shared_pool, two_way_probability)
-from aar_ray.models.causal_lm import CausalLMConfig, CausalLMStudent, materialize_tiny_model
+from aar_ray.lm.config import CausalLMConfig
+from aar_ray.lm.weights import materialize_tiny_model
+from aar_ray.models.causal_lm import CausalLMStudent
 
 ANIMALS = "cat dog cow horse bird fish".split()
 COLORS = "red blue green yellow black white".split()

@@ -5,17 +5,17 @@ higher one."""
 import ast
 from pathlib import Path
 
-import pytest
-
 PACKAGE = Path(__file__).resolve().parents[1] / "aar_ray"
 
 # Lowest first. A part may import only parts of lower layers (and itself); parts that share a
 # layer are independent of each other. `aar_ray` (the package's own __init__) is below them all.
 LAYERS = [
     {"errors", "resources", "progress"},
+    {"home"},
     {"testbeds", "sandbox", "forum"},
-    {"models"},
+    {"lm"},
     {"engines"},
+    {"models"},
     {"methods"},
     {"scoring"},
     {"tracking"},
@@ -25,16 +25,6 @@ LAYERS = [
     {"campaign"},
     {"cli"},
 ]
-
-# Known crossings, each with the issue that removes it: delete the entry with the crossing.
-KNOWN_UPWARD = {
-    ("models", "engines"): "#15: models/causal_lm.py reaches the engine pool",
-    ("tracking", "config"): "#15: tracking resolves the home through config",
-}
-KNOWN_PART_CYCLES = {
-    frozenset({"models", "engines"}): "#15: models/causal_lm.py <-> engines/",
-}
-
 
 def module_name(path: Path) -> str:
     parts = list(path.relative_to(PACKAGE.parent).with_suffix("").parts)
@@ -157,16 +147,14 @@ def test_no_module_imports_itself_back_when_loaded():
 
 
 def test_no_two_subpackages_import_each_other_when_loaded():
-    found = {frozenset(c) for c in cycles(part_edges(graph(lambda tree: module_level_imports(tree.body))))}
-    assert found - set(KNOWN_PART_CYCLES) == set(), "import cycles between parts of aar_ray"
-    if found:
-        pytest.xfail("; ".join(KNOWN_PART_CYCLES[c] for c in found))
+    assert cycles(part_edges(graph(lambda tree: module_level_imports(tree.body)))) == [], \
+        "import cycles between parts of aar_ray"
 
 
 def test_lower_layers_never_import_higher_ones_even_lazily():
     upward = {(a, b) for a, targets in part_edges(graph(every_import)).items() for b in targets
               if layer_of(b) >= layer_of(a)}
-    assert upward - set(KNOWN_UPWARD) == set(), f"imports against the layers (lowest first): {LAYERS}"
+    assert upward == set(), f"imports against the layers (lowest first): {LAYERS}"
 
 
 def test_every_part_of_the_package_has_a_layer():

@@ -12,12 +12,12 @@ import pytest
 
 from aar_ray.engines import TransformersEngine
 from aar_ray.engines.vllm_engine import VLLMEngine
+from aar_ray.lm.label_lm import load_tokenizer
+from aar_ray.lm.prompts import PromptEncoder
+from aar_ray.lm.weights import (GGUF_PREFIX, WeightsNotFoundError, check_weights, converted_gguf, locate_gguf,
+                                resolve_model_path)
 from aar_ray.models.causal_lm import CausalLMStudent
-from aar_ray.models.label_lm import load_tokenizer
 from aar_ray.models.presets import load_preset
-from aar_ray.models.prompts import PromptEncoder
-from aar_ray.models.weights import (GGUF_PREFIX, WeightsNotFoundError, check_weights, converted_gguf,
-                                    locate_gguf, resolve_model_path)
 
 ANIMALS = "cat dog horse cow sheep rabbit".split()
 THINGS = "table spoon brick chair kettle pencil".split()

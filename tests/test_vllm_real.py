@@ -16,7 +16,9 @@ import ray
 
 from aar_ray.engines import EnginePool, PoolConfig, TransformersEngine
 from aar_ray.engines.vllm_engine import GIB, VLLMEngine, memory_args, vllm_dtype
-from aar_ray.models.causal_lm import CausalLMConfig, CausalLMStudent, materialize_tiny_model
+from aar_ray.lm.config import CausalLMConfig
+from aar_ray.lm.weights import materialize_tiny_model
+from aar_ray.models.causal_lm import CausalLMStudent
 
 ANIMALS = "cat dog cow horse bird fish".split()
 COLORS = "red blue green yellow black white".split()

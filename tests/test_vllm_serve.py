@@ -22,8 +22,8 @@ from aar_ray.agents.checkpoint import read_history
 from aar_ray.agents.preflight import PreflightError, preflight
 from aar_ray.agents.researcher import BackendConfig, Researcher, ResearcherConfig, ResearcherLimits
 from aar_ray.agents.tools import ToolContext, call_tool
+from aar_ray.lm.weights import resolve_model_path
 from aar_ray.models.presets import load_preset
-from aar_ray.models.weights import resolve_model_path
 from ports import free_port
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from aar_ray.lm.weights import WeightsNotFoundError, check_weights
 from aar_ray.models.presets import PresetNotFoundError, check_preset_weights, load_preset
-from aar_ray.models.weights import WeightsNotFoundError, check_weights
 
 AAR = str(Path(sys.executable).parent / "aar")
 

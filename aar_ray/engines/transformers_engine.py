@@ -8,9 +8,9 @@ from typing import Sequence
 import numpy as np
 
 from aar_ray.engines.base import BINARY_LABELS, Item, encode_items, two_way_probability
-from aar_ray.models.label_lm import LabelLM
-from aar_ray.models.lm_config import CausalLMConfig
-from aar_ray.models.prompts import EncodedPrompt
+from aar_ray.lm.config import CausalLMConfig
+from aar_ray.lm.label_lm import LabelLM
+from aar_ray.lm.prompts import EncodedPrompt
 
 
 class TransformersEngine:

@@ -23,11 +23,11 @@ from typing import Sequence
 import numpy as np
 
 from aar_ray.engines.base import BINARY_LABELS, Item, encode_items, two_way_probability
-from aar_ray.models.adapters import fetch_adapter
-from aar_ray.models.label_lm import load_tokenizer
-from aar_ray.models.lm_config import CausalLMConfig
-from aar_ray.models.prompts import EncodedPrompt, PromptEncoder
-from aar_ray.models.weights import resolve_model_path
+from aar_ray.lm.adapters import fetch_adapter
+from aar_ray.lm.config import CausalLMConfig
+from aar_ray.lm.label_lm import load_tokenizer
+from aar_ray.lm.prompts import EncodedPrompt, PromptEncoder
+from aar_ray.lm.weights import resolve_model_path
 
 VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)  # the ranks vLLM accepts for max_lora_rank
 DTYPES = ("auto", "float32", "bfloat16", "float16")

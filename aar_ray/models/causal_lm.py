@@ -1,9 +1,9 @@
 """The GPU-scale student and teacher: a causal LM that answers with a label token (LabelLM),
 fit by LoRA, behind the same contracts as the CPU encoder student and bag-of-words teacher.
 
-Its parts live by concern: settings (lm_config), weights on this machine (weights), prompts and
-label tokens (prompts), the model and its training loop (label_lm), adapter storage (adapters).
-Their names are re-exported here for callers that knew this module only.
+The model itself and its parts live below the engines, in aar_ray.lm: settings (lm.config),
+weights on this machine (lm.weights), prompts and label tokens (lm.prompts), the model and its
+training loop (lm.label_lm), adapter storage (lm.adapters).
 
 LoRA adapters (peft) are the only trained weights; they are saved to `<adapter_uri>/<name>`
 and can be loaded back by the student, the teacher or an inference engine.
@@ -24,14 +24,11 @@ import numpy as np
 
 from aar_ray.engines.base import BINARY_LABELS, log_odds
 from aar_ray.engines.pool import PoolConfig
-from aar_ray.models.adapters import adapter_location, fetch_adapter, put_adapter  # noqa: F401
-from aar_ray.models.label_lm import LabelLM, load_model, load_tokenizer  # noqa: F401
-from aar_ray.models.lm_config import LORA_TARGETS, CausalLMConfig, Inference  # noqa: F401
-from aar_ray.models.prompts import (STYLES, EncodedPrompt, PromptEncoder, PromptStyle, as_records,  # noqa: F401
-                                    row_kind, water_level)
+from aar_ray.lm.adapters import adapter_location
+from aar_ray.lm.config import CausalLMConfig, Inference
+from aar_ray.lm.label_lm import LabelLM
+from aar_ray.lm.prompts import EncodedPrompt, as_records
 from aar_ray.models.student import LOSSES, LossFn
-from aar_ray.models.weights import (TINY_MODELS, WeightsNotFoundError, materialize_tiny_model,  # noqa: F401
-                                    resolve_model_path)
 
 # --------------------------------------------------------------------------- student and teacher
 

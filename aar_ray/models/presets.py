@@ -11,8 +11,8 @@ from omegaconf import OmegaConf
 
 from aar_ray.engines.pool import PoolConfig
 from aar_ray.errors import UserError
-from aar_ray.models.lm_config import CausalLMConfig
-from aar_ray.models.weights import check_weights
+from aar_ray.lm.config import CausalLMConfig
+from aar_ray.lm.weights import check_weights
 from aar_ray.resources import conf_dir
 
 PRESET_DIR = conf_dir() / "models"

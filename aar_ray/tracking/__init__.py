@@ -38,6 +38,8 @@ from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 
+from aar_ray.home import resolve_home
+
 log = logging.getLogger(__name__)
 
 DEFAULT_DB = "mlflow.db"
@@ -55,8 +57,6 @@ def resolve_tracking_uri(uri: str | None = None, home: str | None = None) -> str
         return uri
     if os.environ.get("MLFLOW_TRACKING_URI"):
         return os.environ["MLFLOW_TRACKING_URI"]
-    from aar_ray.config import resolve_home
-
     return f"sqlite:///{Path(resolve_home(home)) / DEFAULT_DB}"
 
 
@@ -72,8 +72,6 @@ def _artifact_root(uri: str) -> str | None:
 
 def _default_spool(uri: str) -> Path:
     """Beside a sqlite store (the home's, by default); for a server, in the default home."""
-    from aar_ray.config import resolve_home
-
     path = _sqlite_path(uri)
     return (path.parent if path else Path(resolve_home())) / "tracking-spool"
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from aar_ray.models.lm_config import CausalLMConfig
+from aar_ray.lm.config import CausalLMConfig
 
 BINARY_TEMPLATE = "Question: {question}\nAnswer: {choice}\nLabel:"
 COMPARISON_TEMPLATE = "Question: {prompt}\nAnswer A: {first}\nAnswer B: {second}\nLabel:"

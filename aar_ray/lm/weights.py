@@ -33,7 +33,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 from aar_ray.errors import UserError  # noqa: E402
-from aar_ray.models.prompts import STYLES  # noqa: E402
+from aar_ray.lm.prompts import STYLES  # noqa: E402
 
 GGUF_PREFIX = "gguf:"
 TINY_PREFIX = "tiny:"

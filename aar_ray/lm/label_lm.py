@@ -2,11 +2,12 @@
 
 The model's next-token logits of the two label tokens at the prompt's last position give the
 label probability: a softmax over the two, i.e. sigmoid(logit(True) - logit(False)). That
-difference, the "2-way logit", is what a loss (aar_ray.models.student.LOSSES or any LossFn)
-trains. Only the two rows of the output matrix that belong to the label tokens are ever
-multiplied, so an 8192-token prompt never materialises a 151k-wide logit vector.
+difference, the "2-way logit", is what a loss trains: any loss(logits, targets, progress) -> per-row
+loss, such as the students' (aar_ray.models.student.LOSSES). Only the two rows of the output matrix
+that belong to the label tokens are ever multiplied, so an 8192-token prompt never materialises a
+151k-wide logit vector.
 
-Weights load from local files only (aar_ray.models.weights): the hub is never contacted.
+Weights load from local files only (aar_ray.lm.weights): the hub is never contacted.
 """
 
 from __future__ import annotations
@@ -15,17 +16,16 @@ import contextlib
 import math
 import tempfile
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
 
-from aar_ray.models.adapters import fetch_adapter, put_adapter
-from aar_ray.models.lm_config import CausalLMConfig
-from aar_ray.models.prompts import EncodedPrompt, PromptEncoder
-from aar_ray.models.student import LossFn
+from aar_ray.lm.adapters import fetch_adapter, put_adapter
+from aar_ray.lm.config import CausalLMConfig
+from aar_ray.lm.prompts import EncodedPrompt, PromptEncoder
 # weights sets HF_HUB_OFFLINE before transformers is first imported (inside the functions below).
-from aar_ray.models.weights import hub_unreachable, resolve_model_path
+from aar_ray.lm.weights import hub_unreachable, resolve_model_path
 
 
 def _device() -> torch.device:
@@ -180,7 +180,8 @@ class LabelLM:
 
     # -- training
 
-    def train(self, prompts: Sequence[EncodedPrompt], targets: np.ndarray, loss_fn: LossFn,
+    def train(self, prompts: Sequence[EncodedPrompt], targets: np.ndarray,
+              loss_fn: Callable[[torch.Tensor, torch.Tensor, float], torch.Tensor],
               weights: np.ndarray | None = None, adapter: str = "default") -> list[float]:
         """Fit LoRA adapter `adapter` (created if missing) on `targets`; returns each step's loss."""
         cfg = self.config
