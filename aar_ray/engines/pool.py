@@ -12,6 +12,14 @@ request and, while idle, by a background thread), since a vLLM engine takes minu
 A replica that dies is replaced and its batch sent again. Adapters are registered by name once
 and loaded into every replica, present and future, without restarting any engine.
 
+A replica must become ready (its engine built and warmed up) within `replica_ready_timeout_s`,
+or it is stopped and replaced: an engine that hangs while loading, or an actor Ray can never
+place, would otherwise hold a request forever. A request fails, rather than wait on, a pool that
+cannot serve it: with a TimeoutError when no replica has been ready for `replica_ready_timeout_s`
+of its wait, with the engine's own error when `MAX_FAILED_STARTS` replica starts in a row failed
+(the engine raised while it was built, the actor could not start), and with the replica's error
+when replicas keep dying under its batches.
+
 A replica asks Ray for `num_gpus`; with tensor_parallel > 1 it runs inside a placement group of
 that many one-GPU bundles, where vLLM places its tensor-parallel workers. Share one pool among
 many researchers by starting it as a named actor (`start_shared_pool`); a causal-LM student with
@@ -34,7 +42,7 @@ import ray
 from aar_ray.engines.base import BINARY_LABELS, Engine, Item
 
 if TYPE_CHECKING:
-    from aar_ray.models.lm_config import CausalLMConfig
+    from aar_ray.lm.config import CausalLMConfig
 
 
 @dataclass
@@ -54,6 +62,11 @@ class PoolConfig:
     env: Dict[str, str] = field(default_factory=dict)  # environment variables of every replica process
     max_loras: int = 4  # adapters a vLLM engine keeps on the GPU at once
     scale_down_after_s: float = 300.0
+    # How long a replica may take to become ready (engine built and warmed up) before it is stopped
+    # and replaced, and how long a request waits with no replica ready before it fails. Generous:
+    # a vLLM engine can take many minutes to load (weights from a network disk, graph capture).
+    # What it catches is an actor Ray can never place (no num_gpus/num_cpus free) or a hung engine.
+    replica_ready_timeout_s: float = 1800.0
 
 
 def desired_replicas(queue_depth: int, target_queue_per_replica: int, min_replicas: int,
@@ -103,6 +116,12 @@ class EngineReplica:
 
 
 MAX_IN_FLIGHT_PER_REPLICA = 2
+# A request gives up after this many replica starts in a row failed (the engine raised while it
+# was built, or it did not become ready in time), with the last failure's error.
+MAX_FAILED_STARTS = 3
+# How long a waiting request sleeps in ray.wait at most: it must look again for what no object
+# ref of its own announces (a replica freed by another caller, a readiness deadline passed).
+POLL_S = 1.0
 
 
 @dataclass
@@ -110,8 +129,29 @@ class _Replica:
     handle: Any
     ready_ref: Any
     placement_group: Any = None
-    in_flight: int = 0
+    started: float = field(default_factory=time.monotonic)
     is_ready: bool = False
+    error: Optional[BaseException] = None  # why it will never serve: a failed start or a timeout
+
+
+class _Request:
+    """One caller's batches on their way through the pool: waiting in the queue, sent to a
+    replica (pending) or answered. Changed and read by other callers only under the pool's lock:
+    the queue depth and the replicas' load are counted from the requests in progress."""
+
+    def __init__(self, method: str, calls: list[tuple]):
+        self.method = method
+        self.calls = calls
+        self.results: list = [None] * len(calls)
+        self.waiting = list(range(len(calls)))  # indices of calls not yet sent, in order
+        self.pending: dict = {}  # ObjectRef -> (call index, replica)
+        self.crashes = 0  # replicas that died under one of its batches
+        self.started = time.monotonic()
+        self.ready_seen = self.started  # the last time the pool had a ready replica
+
+    @property
+    def outstanding(self) -> int:
+        return len(self.waiting) + len(self.pending)
 
 
 @functools.lru_cache(maxsize=None)
@@ -126,17 +166,22 @@ class EnginePool:
         if self.config.max_replicas < max(1, self.config.min_replicas):
             raise ValueError(f"max_replicas must be at least 1 and at least min_replicas: {self.config}")
         self._factory = engine_factory or functools.partial(make_engine, model, self.config)
+        self._model_name = getattr(model, "model", None) or "(a custom engine factory)"
+        # Shared state, read and changed only under self._lock: callers' threads (a shared pool
+        # runs each call in its own thread) and the idle thread below.
         self._replicas: list[_Replica] = []
+        self._requests: list[_Request] = []  # in progress; their batches are the queue
         self._adapters: dict[str, str] = {}
-        self._queued = 0  # batches submitted and not yet answered, over all callers
+        self._failed_starts: list[tuple[float, BaseException]] = []  # since a replica was last ready
         self._served = 0  # items answered, over all callers
         self._low_since: float | None = None
         self._lock = threading.Lock()
+        self._freed = threading.Condition(self._lock)  # a batch answered or given up: room on a replica
+        self._stopped = threading.Event()
         with self._lock:
             self._resize(self.config.min_replicas)
         # Shrinking is otherwise only considered when a request arrives: an idle pool would keep
         # its GPUs until the next one. A daemon thread re-checks while nobody asks.
-        self._stopped = threading.Event()
         threading.Thread(target=self._watch_idle, daemon=True, name="engine-pool-idle").start()
 
     # -- the engine interface
@@ -158,29 +203,36 @@ class EnginePool:
         with self._lock:
             self._adapters[name] = path
             refs = [r.handle.load_adapter.remote(name, path) for r in self._replicas]
-        ray.get(refs)
+            # A starting replica loads it before any batch (an actor's calls run in order);
+            # waiting for it would wait for its engine, which may take minutes or never load.
+            loaded = [ref for ref, replica in zip(refs, self._replicas) if self._is_ready(replica)]
+        ray.get(loaded)
 
     # -- scaling
 
     @property
     def replicas(self) -> int:
-        return len(self._replicas)
+        with self._lock:
+            return len(self._replicas)
 
     @property
     def ready_replicas(self) -> int:
         """Replicas whose engine has finished loading."""
         with self._lock:
-            return sum(self._is_ready(r) for r in self._replicas)
+            return self._ready_count()
 
     @property
     def queue_depth(self) -> int:
-        return self._queued
+        """Batches submitted and not yet answered, over all callers."""
+        with self._lock:
+            return self._queue_depth()
 
     def stats(self) -> dict:
         """The numbers above, for callers that hold the pool as an actor (properties are not
         reachable through an actor handle)."""
-        return {"replicas": self.replicas, "ready_replicas": self.ready_replicas,
-                "queue_depth": self.queue_depth, "items_served": self._served}
+        with self._lock:
+            return {"replicas": len(self._replicas), "ready_replicas": self._ready_count(),
+                    "queue_depth": self._queue_depth(), "items_served": self._served}
 
     def replica_handles(self) -> list:
         """The replicas' actor handles: for health checks and fault drills."""
@@ -193,93 +245,153 @@ class EnginePool:
             return self._autoscale()
 
     def shutdown(self) -> None:
+        """Stop every replica; requests in progress, and any later, fail."""
         self._stopped.set()
         with self._lock:
             for replica in self._replicas:
                 self._stop(replica)
             self._replicas = []
+            self._freed.notify_all()
 
-    # -- internals
-
-    def _watch_idle(self) -> None:
-        every = min(30.0, max(0.1, self.config.scale_down_after_s / 4))
-        while not self._stopped.wait(every):
-            with self._lock:
-                if self._replicas and self._queued == 0:
-                    self._autoscale()
-
-    def _count_served(self, n: int) -> None:
-        with self._lock:
-            self._served += n
-
-    def _batches(self, items: Sequence) -> list[list]:
-        items = list(items)
-        step = self.config.batch_size
-        return [items[i : i + step] for i in range(0, len(items), step)]
+    # -- a request: a loop of steps, each under the lock but the wait
 
     def _run(self, method: str, calls: list[tuple]) -> list:
         """Answer `calls` in order. Batches wait in the pool's queue and go out as replicas free up,
         so a replica that finishes loading mid-request takes its share."""
+        request = _Request(method, calls)
         with self._lock:
-            self._queued += len(calls)
+            self._check_running()
+            self._requests.append(request)
             self._autoscale()
-        results: list = [None] * len(calls)
-        waiting = list(range(len(calls)))  # indices of calls not yet sent
-        pending: dict = {}  # ObjectRef -> (call index, replica)
-        crashes = 0
         try:
-            while waiting or pending:
+            while request.outstanding:
                 with self._lock:
-                    while waiting and (replica := self._free_replica()) is not None:
-                        replica.in_flight += 1
-                        index = waiting.pop(0)
-                        pending[getattr(replica.handle, method).remote(*calls[index])] = (index, replica)
-                if not pending:  # no engine has loaded yet
-                    ray.wait([r.ready_ref for r in self._replicas], num_returns=1, timeout=1.0)
-                    continue
-                done, _ = ray.wait(list(pending), num_returns=1, timeout=1.0)
-                for ref in done:
-                    index, replica = pending.pop(ref)
-                    with self._lock:
-                        replica.in_flight -= 1
-                    try:
-                        results[index] = ray.get(ref)
-                    except ray.exceptions.RayActorError:
-                        # The replica died (an engine crash, a lost node): replace it and send the
-                        # batch again, unless replicas keep dying.
-                        crashes += 1
-                        with self._lock:
-                            self._drop(replica)
-                            self._autoscale()
-                        if crashes > len(calls):
-                            raise
-                        waiting.insert(0, index)
+                    self._check_running()
+                    self._tend_replicas(request)
+                    self._dispatch(request)
+                    answers = list(request.pending)
+                    readiness = [r.ready_ref for r in self._replicas if self._starting(r)]
+                    if not answers and not readiness:  # every replica is full of other callers' batches
+                        self._freed.wait(POLL_S)
                         continue
-                    with self._lock:
-                        self._queued -= 1
+                done, _ = ray.wait(answers + readiness, num_returns=1, timeout=POLL_S)
+                for ref in done:
+                    if ref in answers:  # else a replica became ready: the next round sends to it
+                        self._collect(request, ref)
         finally:
-            with self._lock:
-                for _, replica in pending.values():  # only after an error: give up on the rest
-                    replica.in_flight -= 1
-                self._queued -= len(pending) + len(waiting)
+            with self._lock:  # done, or failed: what is left of it leaves the queue
+                self._requests.remove(request)
                 self._autoscale()
-        return results
+                self._freed.notify_all()
+        return request.results
+
+    def _check_running(self) -> None:
+        if self._stopped.is_set():
+            raise RuntimeError(f"the engine pool for {self._model_name} was shut down")
+
+    def _tend_replicas(self, request: _Request) -> None:
+        """Replace the replicas that will never serve (a failed start, a readiness timeout), and
+        fail `request` rather than keep it waiting on a pool that cannot serve it."""
+        now = time.monotonic()
+        timeout = self.config.replica_ready_timeout_s
+        lost = False
+        for replica in list(self._replicas):
+            if self._starting(replica) and now - replica.started >= timeout:
+                replica.error = TimeoutError(f"a replica was not ready {timeout:g} s after it started")
+            if replica.error is not None:
+                self._failed_starts.append((now, replica.error))
+                del self._failed_starts[:-MAX_FAILED_STARTS]
+                self._drop(replica)
+                lost = True
+        if lost:
+            self._autoscale()  # start their replacements
+        failed = [error for at, error in self._failed_starts if at >= request.started]
+        if len(failed) >= MAX_FAILED_STARTS:
+            raise RuntimeError(f"the engine pool for {self._model_name} could not start a replica: {len(failed)} "
+                               f"starts in a row failed; the last with: {failed[-1]}") from failed[-1]
+        if self._ready_count():
+            request.ready_seen = now
+        elif now - request.ready_seen >= timeout:
+            cfg = self.config
+            needs = (f"num_gpus={cfg.num_gpus:g} and num_cpus={cfg.num_cpus:g}" if cfg.tensor_parallel == 1 else
+                     f"{cfg.tensor_parallel} GPUs and {cfg.tensor_parallel} CPUs on one node (tensor_parallel="
+                     f"{cfg.tensor_parallel})")
+            raise TimeoutError(
+                f"the engine pool for {self._model_name} has had no ready replica for the last "
+                f"{now - request.ready_seen:.0f} s of this request (replica_ready_timeout_s={timeout:g}). "
+                f"Check that the cluster has {needs} free for a replica (`ray status`), and the "
+                f"replica actors' logs for an engine stuck while loading.")
+
+    def _dispatch(self, request: _Request) -> None:
+        """Send waiting batches, in order, to replicas with room for them."""
+        while request.waiting and (replica := self._free_replica()) is not None:
+            index = request.waiting.pop(0)
+            ref = getattr(replica.handle, request.method).remote(*request.calls[index])
+            request.pending[ref] = (index, replica)
+
+    def _collect(self, request: _Request, ref) -> None:
+        """Take a finished batch's answer. A replica that died under it (an engine crash, a lost
+        node) is replaced and the batch sent again, unless replicas keep dying; an error of the
+        engine's own (a missing adapter) is the caller's."""
+        try:
+            result = ray.get(ref)
+        except ray.exceptions.RayActorError:
+            with self._lock:
+                index, replica = request.pending.pop(ref)
+                self._freed.notify_all()
+                request.crashes += 1
+                self._drop(replica)
+                self._autoscale()
+                if request.crashes > len(request.calls):
+                    raise
+                request.waiting.insert(0, index)
+            return
+        with self._lock:
+            index, _ = request.pending.pop(ref)
+            request.results[index] = result
+            self._freed.notify_all()
+
+    # -- replicas (callers hold the lock)
+
+    def _queue_depth(self) -> int:
+        return sum(request.outstanding for request in self._requests)
+
+    def _in_flight(self, replica: _Replica) -> int:
+        return sum(sent_to is replica for request in self._requests for _, sent_to in request.pending.values())
 
     def _free_replica(self) -> _Replica | None:
         """The least-loaded replica whose engine has loaded and that has room for another batch
         (one running, one waiting, so a replica never idles between batches)."""
-        free = [r for r in self._replicas if r.in_flight < MAX_IN_FLIGHT_PER_REPLICA and self._is_ready(r)]
-        return min(free, key=lambda r: r.in_flight, default=None)
+        free = [r for r in self._replicas if self._is_ready(r) and self._in_flight(r) < MAX_IN_FLIGHT_PER_REPLICA]
+        return min(free, key=self._in_flight, default=None)
+
+    def _ready_count(self) -> int:
+        return sum(self._is_ready(r) for r in self._replicas)
+
+    def _starting(self, replica: _Replica) -> bool:
+        return not self._is_ready(replica) and replica.error is None
 
     def _is_ready(self, replica: _Replica) -> bool:
-        if not replica.is_ready:
+        """Whether the replica's engine has loaded; a start that failed is recorded in its error."""
+        if not replica.is_ready and replica.error is None:
             done, _ = ray.wait([replica.ready_ref], timeout=0)
-            replica.is_ready = bool(done)
+            if done:
+                try:
+                    ray.get(done[0])
+                except ray.exceptions.RayTaskError:
+                    pass  # the engine loaded but its warm-up raised: requests meet that error, if it lasts
+                except ray.exceptions.RayError as error:  # the actor died while its engine was built
+                    replica.error = error
+                    return False
+                replica.is_ready = True
+                self._failed_starts.clear()
         return replica.is_ready
 
     def _autoscale(self) -> int:
+        if self._stopped.is_set():  # shut down: requests still running must not start replicas again
+            return len(self._replicas)
         cfg = self.config
-        want = desired_replicas(self._queued, cfg.target_queue_per_replica, cfg.min_replicas,
+        want = desired_replicas(self._queue_depth(), cfg.target_queue_per_replica, cfg.min_replicas,
                                 cfg.max_replicas)
         if want >= len(self._replicas):
             self._low_since = None
@@ -294,10 +406,26 @@ class EnginePool:
     def _resize(self, want: int) -> None:
         while len(self._replicas) < want:
             self._replicas.append(self._start())
-        idle = [r for r in self._replicas if r.in_flight == 0]
+        idle = [r for r in self._replicas if self._in_flight(r) == 0]
         for replica in idle[: max(0, len(self._replicas) - want)]:
             self._stop(replica)
             self._replicas.remove(replica)
+
+    def _watch_idle(self) -> None:
+        every = min(30.0, max(0.1, self.config.scale_down_after_s / 4))
+        while not self._stopped.wait(every):
+            with self._lock:
+                if self._replicas and not self._requests:
+                    self._autoscale()
+
+    def _count_served(self, n: int) -> None:
+        with self._lock:
+            self._served += n
+
+    def _batches(self, items: Sequence) -> list[list]:
+        items = list(items)
+        step = self.config.batch_size
+        return [items[i : i + step] for i in range(0, len(items), step)]
 
     def _start(self) -> _Replica:
         cfg = self.config
@@ -347,8 +475,14 @@ def start_shared_pool(name: str, model: "CausalLMConfig", config: PoolConfig | N
     return ray.remote(EnginePool).options(**options).remote(model, config, engine_factory)
 
 
+# How long stop_shared_pool waits for Ray to free the pool's name after killing it.
+POOL_NAME_RELEASE_S = 120.0
+
+
 def stop_shared_pool(name: str) -> bool:
-    """Stop the named pool and its replicas; False if no pool of that name is running."""
+    """Stop the named pool and its replicas; False if no pool of that name is running. Returns
+    once the name is free: ray.kill is asynchronous, and a start_shared_pool in between would
+    get the dying pool back (get_if_exists) and never start replicas."""
     try:
         actor = ray.get_actor(name)
     except ValueError:
@@ -359,7 +493,14 @@ def stop_shared_pool(name: str) -> bool:
         pass  # already dying: its replicas go with it
     finally:
         ray.kill(actor)
-    return True
+    deadline = time.monotonic() + POOL_NAME_RELEASE_S
+    while time.monotonic() < deadline:
+        try:
+            ray.get_actor(name)
+        except ValueError:
+            return True
+        time.sleep(0.1)
+    raise TimeoutError(f"the pool {name!r} was killed but Ray still lists it after {POOL_NAME_RELEASE_S:.0f} s")
 
 
 def shared_pool_name(model: "CausalLMConfig") -> str:
