@@ -69,8 +69,8 @@ def forum(tmp_path):
     for researcher, name, code in (("ada-0", "clean", CLEAN), ("bob-1", "peek", READS_FILES)):
         ref = forum.share_code(researcher, name, code)
         forum.post(researcher, f"{name}: results", f"My idea {name} uses the teacher's confidence; PGR 0.6.")
-        ideas[name] = forum.record_result(researcher, TESTBED, f"idea:{name}", f"{researcher}/{name}", [1, 2],
-                                          0.6, 0.8, [], code_ref=ref)
+        ideas[name] = forum.record_result(researcher, TESTBED, name, f"{researcher}/{name}", [1, 2],
+                                          0.6, 0.8, [], code_ref=ref, kind="idea")
     forum.ids = ideas
     return forum
 
@@ -87,8 +87,8 @@ def test_an_idea_that_fails_the_audit_is_flagged_and_cannot_be_a_winner(forum):
     assert verdicts == {"idea:clean": "pass", "idea:peek": "fail: stays_in_ctx"}
     assert [r["audit"] for r in table] == ["pass", "fail: stays_in_ctx"]
     assert "line 6: open()" in next(r for r in records if r["idea"] == "idea:peek")["outside_ctx"]
-    flags = {r["idea"]: r["flags"] for r in forum.results()}
-    assert flags["idea:peek"] == FAILED_AUDIT and not flags["idea:clean"]
+    flags = {r.label: r.flags for r in forum.results()}
+    assert flags["idea:peek"] == (FAILED_AUDIT,) and flags["idea:clean"] == ()
     assert all(r["review"] == "not run" for r in records)  # no LLM backend: no review, and no failure for it
 
 

@@ -74,17 +74,17 @@ def test_forum_posts_code_results_leaderboard_and_flags(store_url):
                                ("d", "tax", 0.6)]:
         ids[idea] = forum.record_result("r1", testbed, idea, f"c1/r1/{idea}", [1, 2], pgr, 0.8, ["run"],
                                         code_ref=code_id, flags="", gpu_seconds=1.5)
-    assert forum.result_for("c1/r1/b")["pgr"] == 0.9 and forum.result_for("nope") is None
-    assert [r["idea"] for r in forum.results()] == ["a", "b", "c", "nan", "d"] and other.results() == []
+    assert forum.result_for("c1/r1/b").pgr == 0.9 and forum.result_for("nope") is None
+    assert [r.name for r in forum.results()] == ["a", "b", "c", "nan", "d"] and other.results() == []
     # best first, a result without a PGR last (NaN is stored as NULL on both stores)
-    assert [r["idea"] for r in forum.leaderboard()] == ["b", "c", "d", "a", "nan"]
-    assert [r["idea"] for r in forum.leaderboard(testbed="tax", limit=2)] == ["b", "d"]
+    assert [r.name for r in forum.leaderboard()] == ["b", "c", "d", "a", "nan"]
+    assert [r.name for r in forum.leaderboard(testbed="tax", limit=2)] == ["b", "d"]
     forum.disqualify(ids["b"], "reads the test split")
-    assert [r["idea"] for r in forum.leaderboard(testbed="tax")] == ["d", "a", "nan"]
-    assert forum.result_for("c1/r1/b")["disqualified"] == "reads the test split"
+    assert [r.name for r in forum.leaderboard(testbed="tax")] == ["d", "a", "nan"]
+    assert forum.result_for("c1/r1/b").disqualified == "reads the test split"
     for flag in ("ignores_teacher", "ignores_teacher", "ignores-teacher", "x"):
         forum.add_flag(ids["d"], flag)
-    assert forum.result_for("c1/r1/d")["flags"] == "ignores_teacher,ignores-teacher,x"
+    assert forum.result_for("c1/r1/d").flags == ("ignores_teacher", "ignores-teacher", "x")
     forum.close()
 
 
@@ -94,7 +94,7 @@ def test_record_result_is_idempotent_per_call_key(store_url):
     again = forum.record_result("r1", "tax", "idea-retried", "c1/r1/call-7", [1, 2], 0.9, 0.9, ["run-2"])
     assert again == first
     [row] = forum.results()
-    assert (row["idea"], row["pgr"], json.loads(row["run_ids"])) == ("idea", 0.3, ["run-1"])  # the first record
+    assert (row.name, row.pgr, row.run_ids) == ("idea", 0.3, ("run-1",))  # the first record
     # a second Forum (another process's) gets the same answer, without an error
     assert Forum(store_url, "c1").record_result("r2", "tax", "x", "c1/r1/call-7", [1], 0.1, 0.1, []) == first
     # results without a call key are not deduplicated
@@ -118,11 +118,11 @@ def test_concurrent_writers_from_many_processes(store_url):
     forum = Forum(store_url, "c1")
     rows = forum.results()
     assert len(rows) == len(shared) + writers * 5
-    assert len({r["call_key"] for r in rows}) == len(rows)
+    assert len({r.call_key for r in rows}) == len(rows)
     for key in shared:
         assert len({out["ids"][key] for out in outs}) == 1  # every process got the one row's id
-        assert forum.result_for(key)["id"] == outs[0]["ids"][key]
-    assert sorted(forum.result_for(shared[0])["flags"].split(",")) == [f"flag{i}" for i in range(writers)]
+        assert forum.result_for(key).id == outs[0]["ids"][key]
+    assert sorted(forum.result_for(shared[0]).flags) == [f"flag{i}" for i in range(writers)]
     assert len(forum.read_posts(limit=100)) == writers
 
 

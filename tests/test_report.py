@@ -46,17 +46,18 @@ def campaign(tmp_path):
 def test_ideas_with_identical_predictions_are_one_entry_best_first(campaign):
     forum, home = campaign
     ranked = ranked_ideas(forum, "taxonomy", home)
-    assert [(e["idea"], e["researcher"]) for e in ranked] == [
+    assert [(e.result.label, e.result.researcher) for e in ranked] == [
         ("zero_shot_prior", "representations-0"), ("aux_confidence:alpha=0.5", "reweighting-1"),
         ("vanilla_w2s", "labels-2")]
-    assert ranked[0]["same_as"] == ["zero_shot_prior:temperature=1 (reweighting-1)"] * 2
-    assert ranked[1]["same_as"] == ["aux_confidence:alpha=0.50 (labels-2)"]
-    assert ranked[2]["same_as"] == ["vanilla_w2s (labels-2)"]
+    assert ranked[0].same_as == ["zero_shot_prior:temperature=1 (reweighting-1)"] * 2
+    assert ranked[1].same_as == ["aux_confidence:alpha=0.50 (labels-2)"]
+    assert ranked[2].same_as == ["vanilla_w2s (labels-2)"]
+    assert ranked[0].flags == ("matches_shortcut:zero_shot_prior",) and ranked[1].flags == ()
 
 
 def test_the_candidates_for_winner_are_unflagged(campaign):
     forum, home = campaign
-    assert [e["idea"] for e in top_ideas(forum, "taxonomy", 3, home)] == ["aux_confidence:alpha=0.5", "vanilla_w2s"]
+    assert [e.result.label for e in top_ideas(forum, "taxonomy", 3, home)] == ["aux_confidence:alpha=0.5", "vanilla_w2s"]
 
 
 def test_an_idea_that_fails_on_any_held_out_testbed_is_flagged_and_shown_apart(campaign):
@@ -71,7 +72,7 @@ def test_an_idea_that_fails_on_any_held_out_testbed_is_flagged_and_shown_apart(c
         "aux_confidence:alpha=0.5": ("does_not_generalise", "failed"), "vanilla_w2s": ("", "passed")}
     assert [e["idea"] for e in winners_of(ranked)] == ["vanilla_w2s"]
     # the verdict is the operator's: researchers read the forum, which does not carry it
-    assert all("does_not_generalise" not in (r["flags"] or "") for r in forum.results())
+    assert all("does_not_generalise" not in r.flags for r in forum.results())
 
 
 def test_the_html_report_embeds_its_plot_and_renders_tables(tmp_path):
@@ -116,3 +117,19 @@ def test_verified_winners_come_first_and_a_researchers_best_leaves_flagged_resul
     assert summary["best_validation_pgr_any"] == 0.86 and "best_validation_pgr" not in summary
     summary = researcher_summary("labels-2", forum.results(), {}, failing={"aux_confidence:alpha=0.50"})
     assert summary["best_validation_pgr"] == 0.55 and summary["experiments"] == 3
+
+
+def test_a_campaigns_folder_is_laid_out_in_one_place(tmp_path):
+    """The layout users see under the aar home (the README's), from CampaignPaths alone."""
+    from aar_ray.campaign.lock import CampaignLock
+    from aar_ray.campaign.paths import CampaignPaths
+
+    paths = CampaignPaths(str(tmp_path / "." / "home"), "c1")
+    root = (tmp_path / "home").resolve() / "campaigns" / "c1"
+    assert paths.root == root and paths.campaigns == root.parent
+    assert (paths.lock, paths.control, paths.config_json, paths.audit_json, paths.mlflow_run_id) == (
+        root / "lock.json", root / "control.json", root / "config.json", root / "audit.json", root / "mlflow_run_id")
+    assert paths.researcher("labels-2") == root / "researchers" / "labels-2"
+    assert (paths.report, paths.report_html, paths.models_json) == (
+        root / "report" / "report.md", root / "report" / "report.html", root / "report" / "models.json")
+    assert CampaignLock(paths, "c1").path == CampaignLock(root, "c1").path == root / "lock.json"

@@ -51,8 +51,8 @@ def test_search_researcher_halves_its_candidates_posts_and_finishes(world, tmp_p
     assert status["stopped"].startswith("finished")
     results = tools.forum.results()
     # 3 candidates on seed 1, the best one (3 // 2 = 1 survivor) on seeds 2-3, then on 4-5
-    assert [r["seeds"] for r in results] == ["1", "1", "1", "2,3", "4,5"]
-    assert results[-1]["idea"] == "zero_shot_prior"  # the taxonomy prior is the best by far
+    assert [r.seeds for r in results] == [(1,), (1,), (1,), (2, 3), (4, 5)]
+    assert results[-1].label == "zero_shot_prior" and results[-1].kind == "method"  # the taxonomy prior is the best by far
     assert "zero_shot_prior" in tools.forum.read_posts()[0]["title"]
     mlflow.set_tracking_uri(world["uri"])
     runs = mlflow.search_runs(experiment_names=["c1"])
@@ -79,7 +79,7 @@ def test_a_restarted_researcher_resumes_without_repeating_an_experiment(world, t
     log.write_text("".join(lines[:-1]))
     resumed = Researcher(_search("search-2"), _tools(world, "search-2", "c3", tmp_path), tmp_path / "s2")
     resumed.run()
-    keys = [r["call_key"] for r in tools.forum.results()]
+    keys = [r.call_key for r in tools.forum.results()]
     assert len(keys) == len(set(keys)) == 5
 
 
@@ -151,7 +151,7 @@ def test_claude_researcher_works_through_the_tools_and_no_key_leaks(world, tmp_p
     assert status["stopped"] == "finished: done"
     assert len(requests) == 5 and all(r.carries(SECRET) for r in requests)
     assert status["spent"]["dollars"] > 0 and status["spent"]["tokens"] > 2000
-    assert tools.forum.results()[0]["idea"] == "idea:soft"
+    assert (tools.forum.results()[0].kind, tools.forum.results()[0].name) == ("idea", "soft")
     assert tools.forum.read_posts()[0]["author"] == "claude-0"
     stores = [tmp_path / "forum.db", tmp_path / "claude-0" / "state.json", tmp_path / "claude-0" / "log.jsonl",
               *Path(world["uri"].removeprefix("sqlite:///")).parent.rglob("*")]

@@ -71,8 +71,8 @@ def test_generalisation_flags_the_idea_that_ignores_the_teacher_and_only_that_on
     assert vanilla["ignores_teacher"] is False
     assert vanilla["shuffled_teacher_pgr"] < vanilla["pref-small_holdout_pgr"] - 0.25
 
-    flags = {row["idea"]: row["flags"] for row in forum.leaderboard("pref-small")}
-    assert flags == {"zero_shot_prior": "ignores_teacher", "vanilla_w2s": ""}
+    flags = {row.name: row.flags for row in forum.leaderboard("pref-small")}
+    assert flags == {"zero_shot_prior": ("ignores_teacher",), "vanilla_w2s": ()}
     client = mlflow.MlflowClient(tracker.uri)
     assert client.get_run(runs["zero_shot_prior"]).data.tags["flags"] == "ignores_teacher"
     assert "flags" not in client.get_run(runs["vanilla_w2s"]).data.tags

@@ -39,10 +39,10 @@ class Earlier:
     code: str = ""
 
 
-def describe(idea: str, code: str | None) -> str:
-    """The text an idea's meaning is read from: its name, then its docstrings and comments (what
-    the researcher says it does), else a library method's one-line summary."""
-    name = idea.removeprefix("idea:")
+def describe(name: str, code: str | None) -> str:
+    """The text an idea's meaning is read from: its name (an idea's name or a method's label, no
+    `idea:` prefix), then its docstrings and comments (what the researcher says it does), else a
+    library method's one-line summary."""
     words = re.sub(r"[_:=,]", " ", name)
     if code:
         return f"{words}. {' '.join(_prose(code))}"[:2000]
@@ -99,11 +99,10 @@ def earlier_items(forum, testbed: str | None = None) -> list[Earlier]:
     """The campaign's recorded ideas (on `testbed`), its posts, and the code posts share."""
     items = []
     for result in forum.results():
-        if testbed and result["testbed"] != testbed:
+        if testbed and result.testbed != testbed:
             continue
-        code = (forum.read_code(result["code_ref"]) or {}).get("code", "") if result.get("code_ref") else ""
-        items.append(Earlier("idea", result["id"], result["researcher"], result["idea"],
-                             describe(result["idea"], code), code))
+        code = (forum.read_code(result.code_ref) or {}).get("code", "") if result.code_ref else ""
+        items.append(Earlier("idea", result.id, result.researcher, result.label, describe(result.name, code), code))
     for post in forum.read_posts(limit=100_000):
         if post["author"] == "novelty-check":  # the check's own marks are not ideas
             continue
@@ -126,7 +125,8 @@ def _ids(value) -> list[int]:
 
 
 def novelty(researcher: str, idea: str, code: str | None, earlier: list[Earlier]) -> dict:
-    """{"novelty": 1 - largest similarity, "nearest": the NEAREST most similar earlier items,
+    """The novelty of `idea` (its name, as `describe` takes it) against `earlier`:
+    {"novelty": 1 - largest similarity, "nearest": the NEAREST most similar earlier items,
     "near_duplicate_of": another researcher's idea at least NEAR_DUPLICATE similar, or None}."""
     if not earlier:
         return {"novelty": 1.0, "nearest": [], "near_duplicate_of": None}

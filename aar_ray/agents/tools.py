@@ -15,7 +15,7 @@ import stat
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 
@@ -28,6 +28,12 @@ from aar_ray.models import StudentConfig, TeacherConfig
 from aar_ray.sandbox import MIB, Sandbox, SandboxLimits, workspace_usage
 from aar_ray.sandbox.quota import WorkspaceUsage
 from aar_ray.testbeds import load_public, testbed_meta
+
+if TYPE_CHECKING:  # for the annotations only: no import cost, no cycle
+    from ray.actor import ActorHandle
+
+    from aar_ray.forum import Forum
+    from aar_ray.tracking import Tracker
 
 log = logging.getLogger(__name__)
 
@@ -64,9 +70,9 @@ class ToolContext:
     testbed: str
     home: str
     workspace: Path
-    scorer: object  # Ray actor handle of the scorer
-    forum: object  # aar_ray.forum.Forum
-    tracker: object  # aar_ray.tracking.Tracker
+    scorer: ActorHandle  # of aar_ray.scoring.scorer's Scorer actor (methods called as .remote)
+    forum: Forum
+    tracker: Tracker
     budget: Budget
     parent_run_id: str | None = None
     student: StudentConfig = field(default_factory=StudentConfig)
@@ -225,7 +231,7 @@ def run_experiment(ctx: ToolContext, seeds: list[int], idea_file: str | None = N
     key = f"{ctx.campaign}/{ctx.researcher}/{call_id}"
     done = ctx.forum.result_for(key)
     if done is not None:
-        return {"seeds": done["seeds"], "run_ids": json.loads(done["run_ids"]),
+        return {"seeds": list(done.seeds), "run_ids": list(done.run_ids),
                 "note": "already run before a restart; its feedback was given then"}
     if (idea_file is None) == (method is None):
         raise ToolError("give exactly one of idea_file (your code) or method (a library method spec)")
@@ -252,14 +258,13 @@ def run_experiment(ctx: ToolContext, seeds: list[int], idea_file: str | None = N
     if not scored:
         raise ToolError("every seed failed:\n" + "\n".join(errors)[-4000:])
     mean = round(float(np.mean(scored)), 3)
-    label = spec.label if spec.code is None else f"idea:{spec.method}"
-    found = idea_novelty(ctx, label, spec.code, run_ids)  # against what the campaign held before this idea
+    found = idea_novelty(ctx, spec, run_ids)  # against what the campaign held before this idea
     code_ref = ctx.forum.share_code(ctx.researcher, spec.method, spec.code) if spec.code else None
     raised = [f["pgr"] for f in feedback if f and f.get("improved")]
-    ctx.forum.record_result(ctx.researcher, ctx.testbed, label,
+    ctx.forum.record_result(ctx.researcher, ctx.testbed, spec.name,
                             key, seeds, mean, float(np.mean(transfer)), run_ids, code_ref,
                             flags=",".join(sorted(flags)), gpu_seconds=gpu_seconds,
-                            shown_pgr=max(raised) if raised else None)
+                            shown_pgr=max(raised) if raised else None, kind=spec.kind)
     return {"idea": spec.label, "feedback_per_seed": dict(zip(map(str, seeds), feedback)),
             "run_ids": run_ids, "errors": errors, "code_ref": code_ref, "novelty": found}
 
@@ -267,13 +272,14 @@ def run_experiment(ctx: ToolContext, seeds: list[int], idea_file: str | None = N
 NOVELTY_AUTHOR = "novelty-check"
 
 
-def idea_novelty(ctx: ToolContext, label: str, code: str | None, run_ids: list[str]) -> dict | None:
+def idea_novelty(ctx: ToolContext, spec: ExperimentSpec, run_ids: list[str]) -> dict | None:
     """The idea's novelty against the campaign's earlier ideas, posts and shared code (see
     agents/novelty.py), also recorded on its MLflow runs; None when it cannot be computed."""
     from aar_ray.agents.novelty import earlier_items, novelty
 
+    label = spec.label
     try:
-        found = novelty(ctx.researcher, label, code, earlier_items(ctx.forum, ctx.testbed))
+        found = novelty(ctx.researcher, spec.name, spec.code, earlier_items(ctx.forum, ctx.testbed))
     except Exception:  # noqa: BLE001 - a missing encoder must not cost the researcher the experiment
         log.warning("novelty of %s could not be computed", label, exc_info=True)
         return None
@@ -305,11 +311,12 @@ def leaderboard(ctx: ToolContext) -> dict:
     """The campaign's Ladder, as its researchers were shown it: each result that raised the
     campaign's best, with the value the scorer released then. Nothing here is new information:
     every entry was already some researcher's feedback (the campaign is one analyst)."""
-    rows = [r for r in ctx.forum.results() if r["testbed"] == ctx.testbed and r.get("shown_pgr") is not None
-            and not r.get("disqualified")]
-    rows.sort(key=lambda r: -r["shown_pgr"])
+    rows = [r for r in ctx.forum.results() if r.testbed == ctx.testbed and r.shown_pgr is not None
+            and not r.disqualified]
+    rows.sort(key=lambda r: -r.shown_pgr)
     keys = ("researcher", "testbed", "idea", "seeds", "code_ref", "flags")
-    return {"leaderboard": [{**{k: r[k] for k in keys}, "pgr": r["shown_pgr"]} for r in rows[:20]]}
+    shown = [(r.display(), r.shown_pgr) for r in rows[:20]]
+    return {"leaderboard": [{**{k: row[k] for k in keys}, "pgr": pgr} for row, pgr in shown]}
 
 
 def post(ctx: ToolContext, title: str, body: str, run_ids: list[str] = (), code_refs: list[int] = ()) -> dict:

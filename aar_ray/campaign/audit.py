@@ -22,6 +22,10 @@ import ast
 import json
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from aar_ray.forum import Result
 
 FAILED_AUDIT = "failed_audit"
 
@@ -135,27 +139,26 @@ def review(backend, row: dict, code: str | None, writeup: list[str], numbers: di
 
 # --- the audit --------------------------------------------------------------------------------
 
-def _code_of(idea: dict, forum) -> str | None:
-    if not idea["idea"].startswith("idea:") or idea.get("code_ref") is None:
+def _code_of(idea: Result, forum) -> str | None:
+    if not idea.is_idea or idea.code_ref is None:
         return None
-    shared = forum.read_code(idea["code_ref"])
+    shared = forum.read_code(idea.code_ref)
     return shared["code"] if shared else None
 
 
-def _writeup(forum, row: dict) -> list[str]:
+def _writeup(forum, idea: Result) -> list[str]:
     """The author's own forum posts about the idea, newest first."""
-    name = row["idea"].removeprefix("idea:")
-    return [p["body"] for p in forum.read_posts(limit=20, query=name) if p["author"] == row["researcher"]][:3]
+    return [p["body"] for p in forum.read_posts(limit=20, query=idea.name) if p["author"] == idea.researcher][:3]
 
 
-def audit(table: list[dict], ideas: list[dict], forum, testbed: str, drop: float, backend=None) -> list[dict]:
+def audit(table: list[dict], ideas: list[Result], forum, testbed: str, drop: float, backend=None) -> list[dict]:
     """Audit each row of the generalisation table (in place: adds `audit`) and flag the ideas
     that fail on the forum; returns one record per idea for the report and MLflow. `ideas` are
-    the forum entries the table was made from (their code_ref and result id); `backend` is the
+    the forum results the table was made from (a row's `idea` is one's label); `backend` is the
     reviewer (None: no review)."""
     records = []
     for row in table:
-        idea = next(i for i in ideas if i["idea"] == row["idea"] and i["researcher"] == row["researcher"])
+        idea = next(i for i in ideas if i.label == row["idea"] and i.researcher == row["researcher"])
         code = _code_of(idea, forum)
         checks = deterministic_checks(row, code, testbed, drop)
         record = {"idea": row["idea"], "researcher": row["researcher"], "uses_teacher": checks.uses_teacher,
@@ -165,10 +168,10 @@ def audit(table: list[dict], ideas: list[dict], forum, testbed: str, drop: float
             record.update(review="not run", review_reasons="", review_dollars=0.0)
         else:
             numbers = {k: v for k, v in row.items() if k not in ("idea", "researcher", "same_as")}
-            record.update(review(backend, row, code, _writeup(forum, row), numbers))
+            record.update(review(backend, row, code, _writeup(forum, idea), numbers))
         failed = checks.failed() + (["review"] if record["review"] == "inconsistent" else [])
         record["verdict"] = row["audit"] = f"fail: {', '.join(failed)}" if failed else "pass"
         if failed:
-            forum.add_flag(idea["id"], FAILED_AUDIT)
+            forum.add_flag(idea.id, FAILED_AUDIT)
         records.append(record)
     return records

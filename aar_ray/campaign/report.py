@@ -27,21 +27,24 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from aar_ray.agents.checkpoint import final_notes, read_history  # noqa: E402
-from aar_ray.campaign.generalisation import DOES_NOT_GENERALISE, GENERALISATION_RULE, ranked_ideas  # noqa: E402
+from aar_ray.campaign.generalisation import (DOES_NOT_GENERALISE, GENERALISATION_RULE, RankedIdea,  # noqa: E402
+                                             ranked_ideas)
+from aar_ray.campaign.paths import CampaignPaths  # noqa: E402
+from aar_ray.forum import Result  # noqa: E402
 
 UI_URL = "http://127.0.0.1:5000"  # where `aar ui` serves MLflow
 
 
-def plot_pgr_over_time(results: list[dict], path: Path) -> Path:
+def plot_pgr_over_time(results: list[Result], path: Path) -> Path:
     fig, ax = plt.subplots(figsize=(7, 4))
     if results:
-        start = min(r["time"] for r in results)
-        for who in sorted({r["researcher"] for r in results}) + ["all researchers"]:
-            rows = [r for r in results if who in ("all researchers", r["researcher"])]
-            minutes = [(r["time"] - start) / 60 for r in rows]
+        start = min(r.time for r in results)
+        for who in sorted({r.researcher for r in results}) + ["all researchers"]:
+            rows = [r for r in results if who in ("all researchers", r.researcher)]
+            minutes = [(r.time - start) / 60 for r in rows]
             best, so_far = [], float("-inf")
             for r in rows:
-                so_far = max(so_far, r["pgr"])
+                so_far = max(so_far, r.pgr)
                 best.append(so_far)
             style = {"linewidth": 2.5, "color": "black"} if who == "all researchers" else {"alpha": 0.7}
             ax.step(minutes, best, where="post", label=who, **style)
@@ -54,10 +57,10 @@ def plot_pgr_over_time(results: list[dict], path: Path) -> Path:
     return path
 
 
-def lineage(campaign_path: Path, result: dict) -> dict:
+def lineage(paths: CampaignPaths, result: dict) -> dict:
     """What the researcher read (shared code ids, forum posts) before the experiment that
-    produced `result`, taken from its checkpointed conversation."""
-    state_dir = campaign_path / "researchers" / result["researcher"]
+    produced `result` (a row of the report's tables), taken from its checkpointed conversation."""
+    state_dir = paths.researcher(result["researcher"])
     if not state_dir.exists():
         return {"code_read": [], "posts_read": []}
     call_id = result["call_key"].rsplit("/", 1)[-1]
@@ -79,7 +82,7 @@ def _markdown_table(rows: list[dict], columns: list[str]) -> list[str]:
     return lines
 
 
-def cost_summary(statuses: list[dict], results: list[dict], wall_seconds: float) -> dict:
+def cost_summary(statuses: list[dict], results: list[Result], wall_seconds: float) -> dict:
     spent = [s.get("spent", {}) for s in statuses]
     dollars = sum(s.get("dollars", 0.0) for s in spent)
     agent_hours = sum(s.get("hours", 0.0) for s in spent)
@@ -87,10 +90,10 @@ def cost_summary(statuses: list[dict], results: list[dict], wall_seconds: float)
             "dollars": round(dollars, 4), "agent_hours": round(agent_hours, 4),
             "dollars_per_agent_hour": round(dollars / agent_hours, 2) if agent_hours else 0.0,
             "experiments": len(results), "wall_minutes": round(wall_seconds / 60, 2),
-            "gpu_hours": round(sum(r.get("gpu_seconds") or 0.0 for r in results) / 3600, 4)}
+            "gpu_hours": round(sum(r.gpu_seconds for r in results) / 3600, 4)}
 
 
-def model_summary(config, statuses: list[dict], results: list[dict]) -> list[dict]:
+def model_summary(config, statuses: list[dict], results: list[Result]) -> list[dict]:
     """Spend and outcomes per model: each researcher's own model (its experiments and best PGR),
     or, when steps were routed, each model's share (steps, dollars, tokens, PGR gain credited)."""
     from aar_ray.campaign import researcher_configs
@@ -101,7 +104,7 @@ def model_summary(config, statuses: list[dict], results: list[dict]) -> list[dic
     for status in statuses:
         if "name" not in status:
             continue
-        spent, mine = status.get("spent", {}), [r for r in results if r["researcher"] == status["name"]]
+        spent, mine = status.get("spent", {}), [r for r in results if r.researcher == status["name"]]
         shares = status.get("models") or [{"model": model_of.get(status["name"], "?"), "steps": status["steps"],
                                            "dollars": spent.get("dollars", 0.0), "tokens": spent.get("tokens", 0)}]
         for share in shares:
@@ -116,15 +119,15 @@ def model_summary(config, statuses: list[dict], results: list[dict]) -> list[dic
             row = rows[shares[0]["model"]]
             row["researchers"] += 1
             row["experiments"] += len(mine)
-            best = max((r["pgr"] for r in mine if r["pgr"] is not None), default=None)
+            best = max((r.pgr for r in mine if r.pgr is not None), default=None)
             if best is not None and (row["best_pgr"] is None or best > row["best_pgr"]):
                 row["best_pgr"] = round(best, 4)
     return list(rows.values())
 
 
-def audit_section(path: Path) -> list[str]:
+def audit_section(paths: CampaignPaths) -> list[str]:
     """The audit's verdicts (campaign/audit.py), when the campaign ran it."""
-    audit_file = path / "audit.json"
+    audit_file = paths.audit_json
     if not audit_file.exists():
         return []
     records = json.loads(audit_file.read_text())
@@ -139,21 +142,20 @@ def audit_section(path: Path) -> list[str]:
     return lines
 
 
-def flag_ideas_that_do_not_generalise(ranked: list[dict], table: list[dict]) -> list[dict]:
-    """The ranked ideas with `does_not_generalise` joined to the flags of those the
-    generalisation check flagged (the check's verdict is the operator's: it stays off the forum,
-    which researchers read)."""
+def flag_ideas_that_do_not_generalise(ranked: list[RankedIdea], table: list[dict]) -> list[dict]:
+    """The ranked ideas as the report's table rows (`Result.display`), with `does_not_generalise`
+    joined to the flags of those the generalisation check flagged (the check's verdict is the
+    operator's: it stays off the forum, which researchers read)."""
     failing = {row["idea"] for row in table if row.get("flagged")}
     checked = {row["idea"] for row in table}
     out = []
     for entry in ranked:
-        flags = [f for f in (entry.get("flags") or "").split(",") if f]
-        if entry["idea"] in failing:
-            flags.append(DOES_NOT_GENERALISE)
-        out.append({**entry, "flags": ",".join(flags), "same_as": ", ".join(entry.get("same_as", [])),
+        label = entry.result.label
+        flags = list(entry.flags) + ([DOES_NOT_GENERALISE] if label in failing else [])
+        out.append({**entry.result.display(), "flags": ",".join(flags), "same_as": ", ".join(entry.same_as),
                     # an unflagged idea below the top-k was never re-run: say so beside it
-                    "generalisation": "passed" if entry["idea"] in checked - failing else
-                    "failed" if entry["idea"] in failing else "not checked"})
+                    "generalisation": "passed" if label in checked - failing else
+                    "failed" if label in failing else "not checked"})
     return out
 
 
@@ -163,7 +165,7 @@ def with_novelty(tracker, entries: list[dict]) -> list[dict]:
     `near_duplicate_of` (another researcher's earlier idea it nearly repeats)."""
     out = []
     for entry in entries:
-        run_ids = [r for r in json.loads(entry.get("run_ids") or "[]") if not str(r).startswith("pending:")]
+        run_ids = [r for r in entry["run_ids"] if not r.startswith("pending:")]
         metrics, tags = {}, {}
         if run_ids:
             run = tracker.client.get_run(run_ids[0])
@@ -182,10 +184,10 @@ def _finite(values) -> list[float]:
     return [float(v) for v in values if v is not None and math.isfinite(float(v))]
 
 
-def campaign_summary(config, winners: list[dict], results: list[dict], table: list[dict], cost: dict) -> dict:
+def campaign_summary(config, winners: list[dict], results: list[Result], table: list[dict], cost: dict) -> dict:
     """The campaign run's metrics: best (the winner's) and mean validation PGR, the winner's
     holdout PGR on every testbed of the check, and cost."""
-    scored = _finite(r["pgr"] for r in results if r["testbed"] == config.testbed)
+    scored = _finite(r.pgr for r in results if r.testbed == config.testbed)
     summary = {"experiments": cost["experiments"], "dollars": cost["dollars"], "tokens": cost["tokens"],
                "agent_hours": cost["agent_hours"], "gpu_hours": cost["gpu_hours"], "winners": len(winners)}
     if scored:
@@ -199,12 +201,12 @@ def campaign_summary(config, winners: list[dict], results: list[dict], table: li
     return summary
 
 
-def researcher_summary(name: str, results: list[dict], status: dict, failing: set[str]) -> dict:
+def researcher_summary(name: str, results: list[Result], status: dict, failing: set[str]) -> dict:
     """A researcher run's metrics: its best unflagged validation PGR (`best_validation_pgr_any`
     counts flagged results too), mean validation PGR, experiments, steps and spend."""
-    mine = [r for r in results if r["researcher"] == name]
-    scored = _finite(r["pgr"] for r in mine)
-    unflagged = _finite(r["pgr"] for r in mine if not r.get("flags") and r["idea"] not in failing)
+    mine = [r for r in results if r.researcher == name]
+    scored = _finite(r.pgr for r in mine)
+    unflagged = _finite(r.pgr for r in mine if not r.flags and r.label not in failing)
     spent = status.get("spent", {})
     summary = {"experiments": len(mine), "steps": status.get("steps", 0),
                "dollars": spent.get("dollars", 0.0), "tokens": spent.get("tokens", 0)}
@@ -216,7 +218,7 @@ def researcher_summary(name: str, results: list[dict], status: dict, failing: se
 
 
 def finish_runs(tracker, parent_run_id: str, artifacts: list[Path], summary: dict,
-                statuses: list[dict], results: list[dict], table: list[dict]) -> None:
+                statuses: list[dict], results: list[Result], table: list[dict]) -> None:
     """Summaries on each researcher's run and the campaign's, then both end."""
     by_name = {s.get("name"): s for s in statuses}
     failing = {row["idea"] for row in table if row.get("flagged")}
@@ -227,24 +229,22 @@ def finish_runs(tracker, parent_run_id: str, artifacts: list[Path], summary: dic
 
 def write_report(config, forum, tracker, parent_run_id: str, statuses: list[dict], table: list[dict],
                  wall_seconds: float) -> Path:
-    from aar_ray.campaign import campaign_dir
-
-    path = campaign_dir(config)
-    out = path / "report"
+    paths = CampaignPaths.of(config)
+    out = paths.report_dir
     out.mkdir(parents=True, exist_ok=True)
     results = forum.results()
     ranked = flag_ideas_that_do_not_generalise(ranked_ideas(forum, config.testbed, config.home), table)
     winners = with_novelty(tracker, winners_of(ranked)[:10])
     flagged = with_novelty(tracker, [e for e in ranked if e["flags"]][:10])
     cost = cost_summary(statuses, results, wall_seconds)
-    plot = plot_pgr_over_time(results, out / "pgr_over_time.png")
-    (out / "generalisation.json").write_text(json.dumps(table, indent=2))
-    (out / "cost.json").write_text(json.dumps(cost, indent=2))
+    plot = plot_pgr_over_time(results, paths.pgr_plot)
+    paths.generalisation_json.write_text(json.dumps(table, indent=2))
+    paths.cost_json.write_text(json.dumps(cost, indent=2))
     lines = [f"# Campaign `{config.name}`", "",
              f"Research testbed `{config.testbed}`; held-out testbeds: {', '.join(config.heldout_testbeds) or 'none'}; "
              f"{cost['researchers']} researchers. In the MLflow UI (`aar ui`): "
              f"{tracker.results_url(UI_URL)}", "",
-             "## PGR over time", "", "![PGR over time](pgr_over_time.png)", "",
+             "## PGR over time", "", f"![PGR over time]({paths.pgr_plot.name})", "",
              "## Winners: unflagged ideas (validation PGR, mean over the seeds of each experiment)", "",
              "Those the generalisation check passed first, then unflagged ideas it did not re-run. "
              "One entry per distinct answer: ideas whose predictions are identical to a better one's "
@@ -264,15 +264,15 @@ def write_report(config, forum, tracker, parent_run_id: str, statuses: list[dict
               f"The top {config.generalisation.top_k} unflagged ideas. "
               + GENERALISATION_RULE.format(drop=config.generalisation.flag_drop), ""]
     lines += _markdown_table(table, columns)
-    lines += audit_section(path)
+    lines += audit_section(paths)
     lines += ["", "## Cost", ""] + _markdown_table([cost], list(cost))
     models = model_summary(config, statuses, results)
-    (out / "models.json").write_text(json.dumps(models, indent=2))
+    paths.models_json.write_text(json.dumps(models, indent=2))
     lines += ["", "## Models (spend and outcomes per model)", ""] + _markdown_table(
         models, list(dict.fromkeys(k for m in models for k in m)))
     lines += ["", "## Lineage of the winners", ""]
     for row in winners[:3]:
-        trace = lineage(path, row)
+        trace = lineage(paths, row)
         lines.append(f"- `{row['idea']}` by {row['researcher']} (PGR {row['pgr']}): read shared code "
                      f"{trace['code_read'] or 'none'}, forum posts {trace['posts_read'] or 'none'}")
     lines += ["", "## Researchers", ""] + _markdown_table(statuses, ["name", "steps", "stopped"])
@@ -281,16 +281,16 @@ def write_report(config, forum, tracker, parent_run_id: str, statuses: list[dict
         if "name" not in status:  # a researcher whose actor failed: its status is only why
             lines += ["### (a researcher that failed)", "", str(status.get("stopped")), ""]
             continue
-        notes = final_notes(path / "researchers" / status["name"]).strip()
+        notes = final_notes(paths.researcher(status["name"])).strip()
         lines += [f"### {status['name']}", "", notes or "(no notes kept)", ""]
-    report = out / "report.md"
+    report = paths.report
     report.write_text("\n".join(lines) + "\n")
-    page = out / "report.html"
+    page = paths.report_html
     page.write_text(markdown_page(lines, out, title=f"Campaign {config.name}"))
     summary = campaign_summary(config, winners, results, table, cost)
-    audit = [path / "audit.json"] if (path / "audit.json").exists() else []
-    finish_runs(tracker, parent_run_id, [report, page, plot, out / "generalisation.json", out / "cost.json",
-                                         out / "models.json", *audit],
+    audit = [paths.audit_json] if paths.audit_json.exists() else []
+    finish_runs(tracker, parent_run_id, [report, page, plot, paths.generalisation_json, paths.cost_json,
+                                         paths.models_json, *audit],
                 summary, statuses, results, table)
     return report
 

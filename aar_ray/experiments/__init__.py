@@ -34,8 +34,20 @@ class ExperimentSpec:
     shuffle_teacher: bool = False  # the teacher-ablation control: weak labels permuted across rows
 
     @property
+    def kind(self) -> str:
+        """"idea" (an idea file's code, run in the sandbox) or "method" (a library method): the
+        forum records it as the result's kind (aar_ray.forum.records.KINDS)."""
+        return "idea" if self.code is not None else "method"
+
+    @property
+    def name(self) -> str:
+        """What the forum records as the result's name: the idea's name, or the method's label."""
+        return self.method if self.code is not None else method_label(self.method, self.params)
+
+    @property
     def label(self) -> str:
-        return f"idea:{self.method}" if self.code is not None else method_label(self.method, self.params)
+        """For people (run names, MLflow): `idea:<name>` for an idea. Code reads `kind` and `name`."""
+        return f"idea:{self.name}" if self.kind == "idea" else self.name
 
     @property
     def run_name(self) -> str:

@@ -17,6 +17,10 @@ Many processes use one store at once (every researcher is a Ray actor with its o
     resumed experiment, two processes racing) returns the first record's id and writes nothing;
   - flags are appended in one UPDATE, so concurrent flaggers never lose one another's flag.
 The SQL is portable: the same queries and results on sqlite and PostgreSQL (tests run both).
+
+Results come back as typed records (`records.Result`), parsed from their row in one place. A
+result's `kind` ("method": a library method spec; "idea": an idea file's code) is a column of its
+own; a store made before that column existed gets it when first opened (see `_add_kind`).
 """
 
 from __future__ import annotations
@@ -27,9 +31,11 @@ import time
 from pathlib import Path
 
 from sqlalchemy import (Column, Float, Integer, MetaData, Table, Text, case, create_engine, event,
-                        func, insert, literal, select, text)
+                        func, insert, inspect, literal, select, text)
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, IntegrityError
+
+from aar_ray.forum.records import IDEA, KINDS, METHOD, Result
 
 metadata = MetaData()
 
@@ -53,7 +59,9 @@ results = Table(
     "results", metadata,
     Column("id", Integer, primary_key=True, autoincrement=True),
     Column("campaign", Text, index=True), Column("researcher", Text, index=True),
-    Column("time", Float), Column("testbed", Text), Column("idea", Text),
+    Column("time", Float), Column("testbed", Text),
+    Column("idea", Text),  # the method's label, or the idea file's name (see `kind`)
+    Column("kind", Text, nullable=False, server_default=METHOD),  # records.KINDS
     Column("code_ref", Integer, nullable=True), Column("call_key", Text, unique=True),
     Column("seeds", Text), Column("pgr", Float), Column("transfer_acc", Float),
     Column("run_ids", Text), Column("flags", Text, default=""),
@@ -112,15 +120,27 @@ class Forum:
             with self.engine.begin() as conn:
                 conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": SCHEMA_LOCK})
                 metadata.create_all(conn)
+                _add_kind(conn)
             return
         for attempt in range(10):
             try:
                 metadata.create_all(self.engine)
+                self._add_kind_sqlite()
                 return
             except DBAPIError:  # "table ... already exists": another process won the race
                 if attempt == 9:
                     raise
                 time.sleep(0.05 * (attempt + 1))
+
+    def _add_kind_sqlite(self) -> None:
+        if "kind" in {c["name"] for c in inspect(self.engine).get_columns("results")}:
+            return
+        # pysqlite starts no transaction before DDL by itself: take the write lock explicitly,
+        # so that no other process reads the new column before its values are derived.
+        with self.engine.connect() as conn:
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+            _add_kind(conn)
+            conn.commit()
 
     def close(self) -> None:
         """Close the pooled connections (a new call opens them again)."""
@@ -140,6 +160,10 @@ class Forum:
     def _rows(self, query) -> list[dict]:
         with self.engine.connect() as conn:
             return [dict(row._mapping) for row in conn.execute(query)]
+
+    def _results(self, query) -> list[Result]:
+        with self.engine.connect() as conn:
+            return [Result.from_row(row._mapping) for row in conn.execute(query)]
 
     # --- posts ------------------------------------------------------------------------------
     def post(self, author: str, title: str, body: str, run_ids: list[str] = (),
@@ -168,12 +192,16 @@ class Forum:
     # --- results and leaderboard ------------------------------------------------------------
     def record_result(self, researcher: str, testbed: str, idea: str, call_key: str, seeds: list[int],
                       pgr: float, transfer_acc: float, run_ids: list[str], code_ref: int | None = None,
-                      flags: str = "", gpu_seconds: float = 0.0, shown_pgr: float | None = None) -> int:
-        """Record one experiment call's result; returns its id. Idempotent on `call_key`: when
-        that call is already recorded (a retry, or another process first), nothing is written
-        and the recorded result's id is returned."""
+                      flags: str = "", gpu_seconds: float = 0.0, shown_pgr: float | None = None,
+                      kind: str = METHOD) -> int:
+        """Record one experiment call's result; returns its id. `idea` is the method's label
+        (kind "method") or the idea file's name (kind "idea"), without any prefix. Idempotent on
+        `call_key`: when that call is already recorded (a retry, or another process first),
+        nothing is written and the recorded result's id is returned."""
+        if kind not in KINDS:
+            raise ValueError(f"kind {kind!r}; allowed: {', '.join(KINDS)}")
         values = dict(campaign=self.campaign, time=time.time(), researcher=researcher, testbed=testbed,
-                      idea=idea, call_key=call_key, seeds=",".join(map(str, seeds)), pgr=_number(pgr),
+                      idea=idea, kind=kind, call_key=call_key, seeds=",".join(map(str, seeds)), pgr=_number(pgr),
                       transfer_acc=_number(transfer_acc), run_ids=json.dumps(list(run_ids)),
                       code_ref=code_ref, flags=flags, gpu_seconds=gpu_seconds, shown_pgr=_number(shown_pgr))
         if call_key is None:
@@ -205,14 +233,14 @@ class Forum:
         query = select(results.c.id).where(results.c.call_key == call_key)
         return conn.execute(query).scalar_one() if required else conn.execute(query).scalar()
 
-    def result_for(self, call_key: str) -> dict | None:
+    def result_for(self, call_key: str) -> Result | None:
         """The recorded result of one experiment call: how a restarted researcher avoids
         running an experiment twice."""
-        rows = self._rows(select(results).where(results.c.call_key == call_key))
+        rows = self._results(select(results).where(results.c.call_key == call_key))
         return rows[0] if rows else None
 
-    def results(self) -> list[dict]:
-        return self._rows(select(results).where(results.c.campaign == self.campaign).order_by(results.c.id))
+    def results(self) -> list[Result]:
+        return self._results(select(results).where(results.c.campaign == self.campaign).order_by(results.c.id))
 
     def add_flag(self, result_id: int, flag: str) -> None:
         """Append a flag (comma-separated, each once) to a result; shown on the leaderboard.
@@ -229,9 +257,21 @@ class Forum:
         with self.engine.begin() as conn:
             conn.execute(results.update().where(results.c.id == result_id).values(disqualified=reason))
 
-    def leaderboard(self, testbed: str | None = None, limit: int = 20) -> list[dict]:
+    def leaderboard(self, testbed: str | None = None, limit: int = 20) -> list[Result]:
         """Best validation PGR first (a result without one last), disqualified results left out."""
         q = select(results).where(results.c.campaign == self.campaign, results.c.disqualified.is_(None))
         if testbed:
             q = q.where(results.c.testbed == testbed)
-        return self._rows(q.order_by(results.c.pgr.desc().nulls_last(), results.c.id).limit(limit))
+        return self._results(q.order_by(results.c.pgr.desc().nulls_last(), results.c.id).limit(limit))
+
+
+def _add_kind(conn) -> None:
+    """Give a `results` table made before the `kind` column its column, in the caller's
+    transaction (which holds the schema lock): the kind is derived, this once, from the
+    `idea:<name>` label such stores hold, and the prefix is dropped from the name."""
+    if "kind" in {c["name"] for c in inspect(conn).get_columns("results")}:
+        return
+    conn.execute(text(f"ALTER TABLE results ADD COLUMN kind TEXT NOT NULL DEFAULT '{METHOD}'"))
+    prefix = f"{IDEA}:"
+    conn.execute(results.update().where(results.c.idea.startswith(prefix, autoescape=True))
+                 .values(kind=IDEA, idea=func.substr(results.c.idea, len(prefix) + 1)))

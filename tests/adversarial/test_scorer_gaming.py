@@ -168,7 +168,7 @@ def test_the_leaderboard_researchers_read_shows_only_what_the_ladder_released(tm
     board = leaderboard(SimpleNamespace(testbed=TESTBED, forum=forum))["leaderboard"]  # the fields it reads
     assert [(row["idea"], row["pgr"]) for row in board] == [("idea-5", 0.6), ("idea-0", 0.4)]
     # The plain (operator's) leaderboard puts the luckiest resubmission first.
-    assert forum.leaderboard(TESTBED)[0]["idea"] == "idea-6"
+    assert forum.leaderboard(TESTBED)[0].name == "idea-6"
 
 
 # --- afterwards -------------------------------------------------------------------------------
