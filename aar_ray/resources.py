@@ -18,3 +18,21 @@ def conf_dir() -> Path:
 def conf_file(*parts: str) -> Path:
     """A packaged default, e.g. ``conf_file("models", "qwen_math.yaml")``."""
     return conf_dir().joinpath(*parts)
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether process `pid` of this pid namespace is running: another user's process counts
+    as running, a zombie (killed, not yet reaped) as dead. The campaign lock and the sandbox's
+    leftover cgroups both ask."""
+    import os
+
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's process
+    try:  # a zombie's /proc/<pid>/stat says Z after its command name, which may hold ")"
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True

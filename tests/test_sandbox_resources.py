@@ -214,8 +214,8 @@ def test_each_run_gets_its_own_cgroup_and_it_is_removed_afterwards(tmp_path):
 
 
 def test_without_a_writable_cgroup_only_the_rlimits_hold_and_a_log_says_so(tmp_path, monkeypatch, caplog):
-    monkeypatch.setattr(cgroup, "memory_parent", lambda: "no cgroup for this test")
-    monkeypatch.setattr(cgroup, "_warned", False)
+    # a reason of its own, so that no earlier fallback in this process has said it already
+    monkeypatch.setattr(cgroup, "memory_parent", lambda: f"no cgroup for this test ({tmp_path.name})")
     sandbox = make_sandbox(tmp_path, total_memory_mb=256)
     with caplog.at_level(logging.WARNING, logger=cgroup.__name__):
         first = run_code(sandbox, "print('ran')")

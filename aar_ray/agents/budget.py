@@ -8,9 +8,10 @@ the overshoot shows up as an exhausted budget on the next check.
 
 Where it is enforced: the researcher checks and charges every model call (its turns and its
 summaries) in `Researcher._paid_step`, and `run_experiment` checks and charges each experiment;
-`Researcher.step` charges the agent-hours. A campaign's dollars and agent-hours are enforced as
-equal per-researcher shares of its caps (`aar_ray.campaign`), so no researcher can spend another's
-share and the sum cannot pass the campaign's cap.
+`Researcher.step` charges the agent-hours. A campaign's caps live in its ledger
+(`aar_ray.agents.ledger.CampaignLedger`): its dollars and agent-hours become per-researcher shares
+(equal by default) set as these budgets' caps, so no researcher can spend another's share and the
+sum cannot pass the campaign's cap; the ledger adds up the checkpointed budgets for the totals.
 
 ``to_dict()``/``from_dict()`` checkpoint the caps and the spend; budgets pickle through the same
 dicts.
@@ -27,7 +28,7 @@ from typing import Mapping
 KINDS = ("tokens", "dollars", "experiments", "hours")
 CAP_ARGUMENTS = {"tokens": "max_tokens", "dollars": "max_dollars",
                  "experiments": "max_experiments", "hours": "max_agent_hours"}
-_FLOAT_SLACK = 1e-9  # dollars and hours are sums of floats; don't refuse over rounding noise
+FLOAT_SLACK = 1e-9  # dollars and hours are sums of floats; don't refuse over rounding noise
 
 
 @dataclass
@@ -110,7 +111,7 @@ class Budget:
         """The first kind whose cap has been reached, or None."""
         spent = self.spent
         for kind, cap in self.caps.items():
-            if cap is not None and getattr(spent, kind) >= cap - _FLOAT_SLACK:
+            if cap is not None and getattr(spent, kind) >= cap - FLOAT_SLACK:
                 return kind
         return None
 
@@ -135,7 +136,7 @@ class Budget:
             if cap is None:
                 continue
             used, requested = getattr(spent, kind), getattr(amounts, kind)
-            if used + requested > cap + _FLOAT_SLACK:
+            if used + requested > cap + FLOAT_SLACK:
                 raise BudgetExceeded(kind, used, cap, requested, self.name)
 
     # -- checkpointing -----------------------------------------------------------------------

@@ -9,7 +9,7 @@ bwrap), so every process of the sandbox is born there. The cgroup is removed aft
 
 Creating cgroups needs write access to this process's cgroup: root (with cgroupfs mounted
 writable), or a delegated subtree. Where there is none, `create` returns None, the caller falls
-back to the per-process rlimits, and a log line says so once per process.
+back to the per-process rlimits, and a log line says so once per process for each reason.
 """
 
 from __future__ import annotations
@@ -22,6 +22,8 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+
+from aar_ray.resources import pid_alive
 
 log = logging.getLogger(__name__)
 
@@ -103,15 +105,10 @@ def find_memory_cgroup(own: dict[str, str], mounts: list[Mount]) -> tuple[Path, 
     return "no memory cgroup controller found for this process"
 
 
-_warned = False
-
-
+@functools.cache  # once per process for each reason
 def _fall_back(reason: str) -> None:
-    global _warned
-    if not _warned:
-        _warned = True
-        log.warning("sandbox: %s; total_memory_mb is not enforced, only the per-process limits "
-                    "(memory_mb, max_processes) hold", reason)
+    log.warning("sandbox: %s; total_memory_mb is not enforced, only the per-process limits "
+                "(memory_mb, max_processes) hold", reason)
 
 
 def _write(path: Path, value: str) -> None:
@@ -242,19 +239,9 @@ def _remove_abandoned(directory: Path) -> None:
         return
     for child in children:
         owner = child.name[len(NAME_PREFIX):].split("-")[0]
-        if not owner.isdigit() or int(owner) == os.getpid() or _alive(int(owner)):
+        if not owner.isdigit() or int(owner) == os.getpid() or pid_alive(int(owner)):
             continue
         try:
             child.rmdir()
         except OSError:
             pass
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
