@@ -23,7 +23,7 @@ the share of the weak-to-strong gap a method recovers:
 Typical session on one machine (local Ray; testbeds, sealed labels, checkpoints, reports and
 MLflow in the aar home: --home, else $AAR_HOME, else ~/.aar, the same from every directory):
     aar campaign --config conf/campaign/laptop.yaml   # researchers in parallel, then a report
-    aar campaign status --name laptop    # while it runs: each researcher's steps and spend
+    aar campaign status --name laptop    # while it runs: each researcher's steps and spend, then totals
     aar testbed list                     # embedded CPU testbeds: sentiment, taxonomy, preference
     aar baseline --seeds 1-5             # every library method on every testbed, 5 seeds
     aar leaderboard                      # mean ± sd PGR per testbed and method
@@ -151,7 +151,8 @@ def _add_campaign_parsers(sub) -> None:
     run.add_argument("overrides", nargs="*", help="config overrides such as researchers=5 "
                      "researcher_limits.max_experiments=10")
     _common(run)
-    status = actions.add_parser("status", help="each researcher: steps, spend, why it stopped")
+    status = actions.add_parser("status", help="each researcher: steps, spend, why it stopped; "
+                                "then the campaign's totals against its caps")
     status.add_argument("--name", required=True, help="the campaign")
     _common(status)
     for action, what in (("pause", "pause"), ("stop", "stop"), ("continue", "let run again")):
@@ -176,7 +177,7 @@ def _location_overrides(args) -> list[str]:
 
 def _home(args) -> str:
     """The home as an absolute path, fixed here once for every command."""
-    from aar_ray.config import resolve_home
+    from aar_ray.home import resolve_home
 
     return resolve_home(args.home)
 
@@ -299,7 +300,7 @@ def cmd_methods(args) -> int:
 
 
 def cmd_campaign(args) -> int:
-    from aar_ray.campaign import campaign_status, set_control
+    from aar_ray.campaign import campaign_status, campaign_totals, set_control
 
     try:
         if args.action == "run":
@@ -307,6 +308,7 @@ def cmd_campaign(args) -> int:
         if args.action == "status":
             for row in campaign_status(_home(args), args.name):
                 print(json.dumps(row))
+            print(json.dumps(campaign_totals(_home(args), args.name)))  # last: the campaign against its caps
         else:
             print(json.dumps(set_control(_home(args), args.name, CAMPAIGN_CONTROLS[args.action], args.researcher)))
         return 0
@@ -338,7 +340,9 @@ def run_campaign_command(args) -> int:
 
 
 def cmd_report(args) -> int:
-    report = Path(_home(args)) / "campaigns" / args.campaign / "report" / "report.md"
+    from aar_ray.campaign.paths import CampaignPaths
+
+    report = CampaignPaths(_home(args), args.campaign).report
     if not report.exists():
         print(f"aar report: no report for campaign {args.campaign!r} at {report}", file=sys.stderr)
         return 2
@@ -351,14 +355,14 @@ def cmd_disqualify(args) -> int:
     from mlflow import MlflowClient
 
     forum = Forum(default_url(_home(args)), args.campaign)
-    row = next((r for r in forum.results() if r["id"] == args.result_id), None)
+    row = next((r for r in forum.results() if r.id == args.result_id), None)
     if row is None:
         raise UserError(f"no result {args.result_id} in campaign {args.campaign!r}")
     forum.disqualify(args.result_id, args.reason)
     client = MlflowClient(_tracking_uri(args))
-    for run_id in json.loads(row["run_ids"]):
+    for run_id in row.run_ids:
         client.set_tag(run_id, "disqualified", args.reason)
-    print(f"disqualified result {args.result_id} ({row['idea']} by {row['researcher']}): {args.reason}")
+    print(f"disqualified result {args.result_id} ({row.label} by {row.researcher}): {args.reason}")
     return 0
 
 

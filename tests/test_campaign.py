@@ -243,7 +243,8 @@ def test_operator_can_pause_stop_and_inspect_a_campaign(small_home, tmp_path):
     from aar_ray.agents.budget import Budget
     from aar_ray.agents.researcher import Researcher, ResearcherConfig
     from aar_ray.agents.tools import ToolContext
-    from aar_ray.campaign import campaign_status, control_path, set_control
+    from aar_ray.campaign import campaign_status, set_control
+    from aar_ray.campaign.paths import CampaignPaths
 
     name = "operated"
     state_dir = small_home / "campaigns" / name / "researchers" / "r0"
@@ -251,7 +252,7 @@ def test_operator_can_pause_stop_and_inspect_a_campaign(small_home, tmp_path):
     tools = ToolContext(researcher="r0", campaign=name, testbed="tax-small", home=str(small_home),
                         workspace=state_dir / "workspace", scorer=None, forum=None, tracker=None, budget=Budget())
     researcher = Researcher(ResearcherConfig("r0", "anything", "tax-small"), tools, state_dir,
-                            control_path(small_home, name))
+                            CampaignPaths(small_home, name).control)
     set_control(str(small_home), name, "stop", researcher="r0")
     assert researcher.run()["stopped"] == "stopped by the operator"
     assert campaign_status(str(small_home), name)[0]["stopped"] == "stopped by the operator"
@@ -289,7 +290,7 @@ def test_a_killed_researcher_actor_restarts_and_resumes_its_work(small_home, tmp
     local_ray.kill(actor, no_restart=False)  # the process dies; Ray restarts it from its checkpoint
     driver.join(timeout=600)
     assert outcome["researchers"][0]["stopped"].startswith("finished")
-    keys = [r["call_key"] for r in forum.results()]
+    keys = [r.call_key for r in forum.results()]
     assert len(keys) == len(set(keys)) == 3
 
 
@@ -316,14 +317,14 @@ def test_a_killed_experiment_worker_is_retried_and_counted_once(small_home, tmp_
     driver.join(timeout=600)
     assert killed and outcome["researchers"][0]["stopped"].startswith("finished")
     results = Forum(default_url(small_home), "workerkill").results()
-    keys = [r["call_key"] for r in results]
-    assert len(keys) == len(set(keys)) == 3 and all(r["pgr"] is not None for r in results)
+    keys = [r.call_key for r in results]
+    assert len(keys) == len(set(keys)) == 3 and all(r.pgr is not None for r in results)
     # the scorer's audit log, MLflow and the forum agree: every seed scored once, recorded once
     audit = pd.read_json(small_home / "sealed" / "audit.jsonl", lines=True)
     scored = audit[(audit["outcome"] == "scored") & audit["key"].fillna("").str.startswith("workerkill/")]
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
     runs = mlflow.search_runs(experiment_names=["campaign-workerkill"], filter_string="tags.split = 'validation'")
-    seeds = sum(len(r["seeds"].split(",")) for r in results)
+    seeds = sum(len(r.seeds) for r in results)
     assert len(scored) == len(set(scored["key"])) == seeds == len(runs)
     assert "tags.error" not in runs or runs["tags.error"].isna().all()
 

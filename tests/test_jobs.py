@@ -305,7 +305,7 @@ def test_a_campaign_survives_a_stopped_job_an_edited_checkout_and_a_dead_worker_
     runs = _experiment_runs(cluster.home, f"campaign-{name}")
     alive = {n["node_id"] for n in cluster.nodes() if n["state"] == "ALIVE" and not n["is_head_node"]}
     assert killed not in alive and set(runs["tags.ray_node_id"].dropna()) <= alive | {killed}
-    rows = [line for line in status.stdout.splitlines() if line.startswith("{")]
+    rows = [line for line in status.stdout.splitlines() if line.startswith('{"name"')]  # not the totals line
     assert status.returncode == 0 and len(rows) == 2 and all('"stopped": "finished' in r for r in rows), status.stdout
     report = _aar("report", name, home=cluster.home, cwd=tmp_path)
     assert report.returncode == 0 and "## Generalisation" in report.stdout
@@ -326,7 +326,8 @@ def _kill_a_worker_running_an_experiment(cluster, job_id: str) -> str:
     _wait_for(lambda: running_node() is not None or _job_ended(cluster, job_id), 900,
               "no experiment of the resumed job ever ran")
     node = running_node()
-    assert node is not None, "the resumed job ended before an experiment could be interrupted"
+    assert node is not None, ("the resumed job ended before an experiment could be interrupted",
+                              _ray_job(cluster, "job", "logs", "--address", "{address}", job_id).stdout[-4000:])
     [raylet] = [p for p in psutil.process_iter(["name", "cmdline"])
                 if p.info["name"] == "raylet" and f"--node_id={node}" in (p.info["cmdline"] or [])]
     assert f"--temp_dir={cluster.folder}/worker-" in " ".join(raylet.cmdline())  # a worker, never the head

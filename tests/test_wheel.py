@@ -77,3 +77,15 @@ def test_the_defaults_are_read_from_the_wheel(installed, default):
     probe = f"from {module} import {name} as p; print(p, p.exists())"
     path, exists = run(venv / "bin" / "python", "-c", probe, cwd=elsewhere).split()
     assert Path(path).is_relative_to(venv) and exists == "True"
+
+
+def test_a_one_seed_baseline_runs_from_the_wheel(installed, small_home, tmp_path):
+    """The main verb end to end: the wheel's `aar` starts a local Ray whose workers import the
+    wheel's aar_ray, runs one experiment and records it in the home's MLflow store."""
+    venv, elsewhere = installed
+    home = tmp_path / "home"
+    shutil.copytree(small_home, home)
+    out = run(venv / "bin" / "aar", "baseline", "--testbed", "tax-small", "--method", "zero_shot_prior",
+              "--seeds", "1", "--home", home, "scorer.baseline_seeds=2", cwd=elsewhere, timeout=900)
+    assert "zero_shot_prior" in out and "tax-small" in out, out[-2000:]
+    assert (home / "mlflow.db").exists() and not (elsewhere / "mlflow.db").exists()

@@ -33,12 +33,15 @@ import yaml
 
 from aar_ray.agents.researcher import BackendConfig, Researcher, ResearcherConfig, ResearcherLimits
 from aar_ray.agents.budget import Budget
+from aar_ray.agents.ledger import CampaignLedger, read_states, researcher_spend
 from aar_ray.agents.preflight import preflight
 from aar_ray.agents.tools import ToolContext
 from aar_ray.campaign.lock import CampaignLock, CampaignRunning
-from aar_ray.config import ConfigError, TrackingConfig, resolve_locations
+from aar_ray.campaign.paths import CampaignPaths
+from aar_ray.config import TrackingConfig, resolve_locations
 from aar_ray.experiments.sweep import connect_ray, prepare
 from aar_ray.forum import Forum, default_url
+from aar_ray.errors import ConfigError
 from aar_ray.models import StudentConfig, TeacherConfig, release_student_pool
 from aar_ray.resources import conf_dir
 from aar_ray.scoring import ScorerConfig, scorer_actor
@@ -74,7 +77,7 @@ class CampaignLimits:
 @dataclass
 class CampaignConfig:
     name: str = "laptop"
-    home: str = ""  # the storage root; empty: $AAR_HOME, else ~/.aar (see aar_ray.config.resolve_home)
+    home: str = ""  # the storage root; empty: $AAR_HOME, else ~/.aar (see aar_ray.home.resolve_home)
     testbed: str = "taxonomy"  # where researchers work and are scored
     heldout_testbeds: list[str] = field(default_factory=lambda: ["sentiment", "preference"])
     researchers: int = 3
@@ -107,12 +110,12 @@ def load_directions(path: str) -> list[dict]:
 def researcher_configs(config: CampaignConfig) -> list[ResearcherConfig]:
     """Researcher i starts from direction i: different starts keep researchers from converging."""
     directions = load_directions(config.directions)
-    limits = _share_campaign_caps(config)
+    shares = campaign_ledger(config).shares(config.researcher_limits)
     configs = []
     for i in range(config.researchers):
         d = directions[i % len(directions)]
         configs.append(ResearcherConfig(name=f"{d['name']}-{i}", direction=d["text"], testbed=config.testbed,
-                                        backend=backend_of(config, i), limits=limits, routes=list(config.routes),
+                                        backend=backend_of(config, i), limits=shares[i], routes=list(config.routes),
                                         candidates=list(d.get("candidates", []))))
     return configs
 
@@ -132,33 +135,20 @@ def campaign_backends(config: CampaignConfig) -> list[BackendConfig]:
     return distinct
 
 
-def _share_campaign_caps(config: CampaignConfig) -> ResearcherLimits:
-    """Campaign-wide dollars and agent-hours, enforced as an equal share per researcher: each
-    share is checked before every call, so the campaign total can never pass its cap."""
-    limits = ResearcherLimits(**asdict(config.researcher_limits))
-    n = max(1, config.researchers)
-    for own, total in (("max_dollars", config.limits.dollars), ("max_agent_hours", config.limits.agent_hours)):
-        if total is not None:
-            share = total / n
-            setattr(limits, own, share if getattr(limits, own) is None else min(getattr(limits, own), share))
-    return limits
-
-
-def campaign_dir(config: CampaignConfig) -> Path:
-    return Path(config.home).resolve() / "campaigns" / config.name
-
-
-def control_path(home: str, campaign: str) -> Path:
-    return Path(home).resolve() / "campaigns" / campaign / "control.json"
+def campaign_ledger(config: CampaignConfig, forum: Forum | None = None) -> CampaignLedger:
+    """The campaign's budget ledger (agents/ledger.py): its caps (`limits`), each researcher's
+    share of them, and its spend, read from the researchers' checkpoints and `forum`'s results."""
+    return CampaignLedger(asdict(config.limits), config.researchers, CampaignPaths.of(config).researchers, forum)
 
 
 def set_control(home: str, campaign: str, action: str, researcher: str | None = None) -> dict:
     """Tell a running campaign (or one researcher of it) to run, pause or stop."""
     if action not in ("run", "pause", "stop"):
         raise ValueError(f"action {action!r}; allowed: run, pause, stop")
-    path = control_path(home, campaign)
-    if not path.parent.exists():
-        raise FileNotFoundError(f"no campaign {campaign!r} under {Path(home).resolve() / 'campaigns'}")
+    paths = CampaignPaths(home, campaign)
+    path = paths.control
+    if not paths.root.exists():
+        raise FileNotFoundError(f"no campaign {campaign!r} under {paths.campaigns}")
     control = json.loads(path.read_text()) if path.exists() else {"campaign": "run", "researchers": {}}
     if researcher:
         control["researchers"][researcher] = action
@@ -170,15 +160,26 @@ def set_control(home: str, campaign: str, action: str, researcher: str | None = 
 
 def campaign_status(home: str, campaign: str) -> list[dict]:
     """Each researcher's checkpointed state: steps, why it stopped (None while running), spend."""
-    base = Path(home).resolve() / "campaigns" / campaign / "researchers"
+    paths = CampaignPaths(home, campaign)
+    base = paths.researchers
     if not base.exists():
-        raise FileNotFoundError(f"no campaign {campaign!r} under {Path(home).resolve() / 'campaigns'}")
-    rows = []
-    for state_file in sorted(base.glob("*/state.json")):
-        state = json.loads(state_file.read_text())
-        rows.append({"name": state_file.parent.name, "steps": state["steps"], "stopped": state["stopped"],
-                     **{k: round(v, 4) for k, v in state["budget"]["spent"].items()}})
-    return rows
+        raise FileNotFoundError(f"no campaign {campaign!r} under {paths.campaigns}")
+    return [{"name": name, "steps": state["steps"], "stopped": state["stopped"],
+             **{k: round(v, 4) for k, v in researcher_spend(state).to_dict().items()}}
+            for name, state in read_states(base).items()]
+
+
+def campaign_totals(home: str, campaign: str) -> dict:
+    """The campaign's spend against its caps, from its ledger: {"campaign", tokens, dollars,
+    experiments, agent_hours, gpu_hours, "caps", "exhausted" (the cap reached, or None)}. The caps
+    and the forum are those of the config the driver saved; before it saved one, none."""
+    paths = CampaignPaths(home, campaign)
+    if not paths.root.exists():
+        raise FileNotFoundError(f"no campaign {campaign!r} under {paths.campaigns}")
+    saved = json.loads(paths.config_json.read_text()) if paths.config_json.exists() else {}
+    forum = Forum(saved.get("forum_url") or default_url(home), campaign) if saved else None
+    ledger = CampaignLedger(saved.get("limits") or {}, saved.get("researchers", 0), paths.researchers, forum)
+    return {"campaign": campaign, **ledger.totals()}
 
 
 @ray.remote(num_cpus=0)
@@ -188,7 +189,8 @@ class ResearcherActor:
 
     def __init__(self, rc: ResearcherConfig, config: CampaignConfig, parent_run_id: str):
         home = config.home  # absolute: resolved once by the driver
-        state_dir = campaign_dir(config) / "researchers" / rc.name
+        paths = CampaignPaths.of(config)
+        state_dir = paths.researcher(rc.name)
         tracker = Tracker(config.tracking.uri or None, experiment_name(config), Path(home) / "tracking-spool")
         tools = ToolContext(
             researcher=rc.name, campaign=config.name, testbed=config.testbed, home=home,
@@ -200,7 +202,7 @@ class ResearcherActor:
             student=config.student, teacher=config.teacher,
             experiment_gpus=config.experiment_gpus)
         tools.workspace.mkdir(parents=True, exist_ok=True)
-        self.researcher = Researcher(rc, tools, state_dir, control_path(config.home, config.name))
+        self.researcher = Researcher(rc, tools, state_dir, paths.control)
 
     def run(self) -> dict:
         return self.researcher.run()
@@ -213,9 +215,9 @@ def experiment_name(config: CampaignConfig) -> str:
     return config.tracking.experiment or f"campaign-{config.name}"
 
 
-def _campaign_run(tracker: Tracker, config: CampaignConfig, path: Path) -> str:
+def _campaign_run(tracker: Tracker, config: CampaignConfig, paths: CampaignPaths) -> str:
     """The campaign's MLflow parent run, created once and reused on resume."""
-    marker = path / "mlflow_run_id"
+    marker = paths.mlflow_run_id
     if marker.exists():
         run_id = marker.read_text().strip()
         tracker.reopen_parent(run_id)  # KILLED by an interrupted driver: running again
@@ -224,47 +226,66 @@ def _campaign_run(tracker: Tracker, config: CampaignConfig, path: Path) -> str:
         "testbed": config.testbed, "heldout": ",".join(config.heldout_testbeds),
         "researchers": config.researchers,
         "backend": ",".join(f"{b.kind}:{b.model}" if b.model else b.kind for b in campaign_backends(config))})
-    path.mkdir(parents=True, exist_ok=True)
+    paths.root.mkdir(parents=True, exist_ok=True)
     marker.write_text(run_id)
     return run_id
+
+
+# How many times the driver calls a researcher's run() again after its actor died or was
+# unreachable (its node died): run() resumes from the checkpoint, so a second call is safe.
+RESEARCHER_RERUNS = 3
 
 
 def run_researchers(config: CampaignConfig, parent_run_id: str, forum: Forum, progress: bool = True) -> list[dict]:
     """Start every researcher and wait until all stop or the wall-clock cap is reached."""
     from aar_ray.progress import progress as progress_bar
 
-    actors = [ResearcherActor.options(name=f"researcher-{config.name}-{rc.name}", namespace="aar",
-                                      # a dead researcher restarts from its checkpoint and its run()
-                                      # is called again: run() resumes, so retrying it is safe
-                                      max_restarts=3, max_task_retries=3,
-                                      get_if_exists=True).remote(rc, config, parent_run_id)
-              for rc in researcher_configs(config)]
-    pending = {a.run.remote(): a for a in actors}
+    actors = {rc.name: ResearcherActor.options(name=f"researcher-{config.name}-{rc.name}", namespace="aar",
+                                               # a dead researcher restarts from its checkpoint
+                                               max_restarts=RESEARCHER_RERUNS, get_if_exists=True)
+              .remote(rc, config, parent_run_id)
+              for rc in researcher_configs(config)}
+    pending = {actor.run.remote(): name for name, actor in actors.items()}
+    reruns = dict.fromkeys(actors, 0)
     deadline = time.time() + config.limits.wall_seconds
     statuses = []
     expected = config.researchers * (config.researcher_limits.max_experiments or 0) or None
     bar = progress_bar(total=expected, desc="experiments", unit="exp", disable=not progress)
+    ledger, spent_out = campaign_ledger(config, forum), None
     try:
         while pending and time.time() < deadline:
             done, _ = ray.wait(list(pending), num_returns=1, timeout=min(5.0, max(0.0, deadline - time.time())))
             results = forum.results()
             bar.update(len(results) - bar.n)
-            gpu_hours = sum(r["gpu_seconds"] or 0.0 for r in results) / 3600
-            if config.limits.gpu_hours is not None and gpu_hours >= config.limits.gpu_hours:
+            reached = ledger.exhausted(ledger.spent(results))  # GPU-hours are enforced here only
+            if reached:
+                if reached != spent_out:
+                    log.warning("campaign %r: its %s cap is reached; stopping the researchers", config.name, reached)
+                spent_out = reached
                 set_control(config.home, config.name, "stop")  # researchers stop at their next step
             if results:
-                bar.set_postfix_str(f"best PGR {max(r['pgr'] for r in results):.2f}")
+                bar.set_postfix_str(f"best PGR {max(r.pgr for r in results):.2f}")
             for ref in done:
-                pending.pop(ref)
+                name = pending.pop(ref)
                 try:
                     statuses.append(ray.get(ref))
+                except ray.exceptions.RayActorError as err:
+                    # Its process or node died, or is unreachable while Ray restarts it elsewhere
+                    # (ActorUnavailableError): ask again; the call waits for the restarted actor.
+                    if reruns[name] < RESEARCHER_RERUNS:
+                        reruns[name] += 1
+                        log.warning("researcher %s: %s; calling run() again (%d of %d)", name,
+                                    type(err).__name__, reruns[name], RESEARCHER_RERUNS)
+                        pending[actors[name].run.remote()] = name
+                    else:
+                        statuses.append({"name": name, "stopped": f"failed: {err}"})
                 except ray.exceptions.RayError as err:
-                    statuses.append({"stopped": f"failed: {err}"})
+                    statuses.append({"name": name, "stopped": f"failed: {err}"})
     finally:  # also when interrupted: no researcher outlives its driver's loop
         bar.close()
-        for actor in actors:
+        for actor in actors.values():
             ray.kill(actor)
-    statuses += [{"stopped": "wall-clock cap"} for _ in pending]  # checkpointed: resume continues
+    statuses += [{"name": name, "stopped": "wall-clock cap"} for name in pending.values()]  # checkpointed: resume continues
     return statuses
 
 
@@ -273,21 +294,21 @@ def run_campaign(config: CampaignConfig, resume: bool = False, progress: bool = 
     CampaignRunning, before any set-up, while another driver runs the same campaign."""
     config = copy.deepcopy(config)
     resolve_locations(config)  # absolute home and stores, whoever built the config
-    path = campaign_dir(config)
-    existed = path.exists()
+    paths = CampaignPaths.of(config)
+    existed = paths.root.exists()
     started = time.time()
-    with CampaignLock(path, config.name):
+    with CampaignLock(paths, config.name):
         if existed and not resume:
-            raise FileExistsError(f"campaign {config.name!r} exists under {path}; pass --resume to continue "
+            raise FileExistsError(f"campaign {config.name!r} exists under {paths.root}; pass --resume to continue "
                                   "it or choose another name")
         state: dict = {}
         try:
-            return _run_locked(config, path, started, state, progress)
+            return _run_locked(config, paths, started, state, progress)
         except KeyboardInterrupt:
             raise CampaignInterrupted(_interrupted(config, state, started)) from None
 
 
-def _run_locked(config: CampaignConfig, path: Path, started: float, state: dict, progress: bool) -> dict:
+def _run_locked(config: CampaignConfig, paths: CampaignPaths, started: float, state: dict, progress: bool) -> dict:
     from aar_ray.campaign.generalisation import generalisation_check
     from aar_ray.campaign.report import write_report
     from aar_ray.config import BaselineConfig
@@ -306,8 +327,8 @@ def _run_locked(config: CampaignConfig, path: Path, started: float, state: dict,
     prepare(BaselineConfig(home=config.home, testbeds=testbeds, seeds=sorted(set(config.generalisation.seeds) | {1, 2, 3, 4, 5}),
                            student=config.student, teacher=config.teacher, scorer=config.scorer), scorer, progress)
     tracker = state["tracker"] = Tracker(config.tracking.uri, experiment_name(config), Path(config.home) / "tracking-spool")
-    parent = state["parent"] = _campaign_run(tracker, config, path)
-    (path / "config.json").write_text(json.dumps(asdict(config), indent=2))
+    parent = state["parent"] = _campaign_run(tracker, config, paths)
+    paths.config_json.write_text(json.dumps(asdict(config), indent=2))
     forum = Forum(config.forum_url or default_url(config.home), config.name)
     statuses = run_researchers(config, parent, forum, progress)
     table = generalisation_check(config, forum, tracker, parent)
@@ -328,9 +349,9 @@ def audit_top_ideas(config: CampaignConfig, forum: Forum, table: list[dict]) -> 
     # the first researcher's model: an LLM reviewer costs one call per idea checked
     first = researcher_configs(config)[0]
     reviewer = None if first.backend.kind == "search" and not first.routes else make_backend(first)
-    records = audit(table, ranked_ideas(forum, config.testbed, config.home), forum, config.testbed,
-                    config.generalisation.flag_drop, reviewer)
-    (campaign_dir(config) / "audit.json").write_text(json.dumps(records, indent=2))
+    records = audit(table, [e.result for e in ranked_ideas(forum, config.testbed, config.home)], forum,
+                    config.testbed, config.generalisation.flag_drop, reviewer)
+    CampaignPaths.of(config).audit_json.write_text(json.dumps(records, indent=2))
     return records
 
 

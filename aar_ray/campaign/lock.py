@@ -24,6 +24,9 @@ import time
 import uuid
 from pathlib import Path
 
+from aar_ray.campaign.paths import LOCK_FILE, CampaignPaths
+from aar_ray.resources import pid_alive
+
 log = logging.getLogger(__name__)
 
 HEARTBEAT_S = 10.0
@@ -44,22 +47,10 @@ def _pid_namespace() -> str | None:
         return None
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # another user's process
-    try:  # a killed driver nobody has reaped yet is a zombie: dead
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return True
-
-
 class CampaignLock:
-    def __init__(self, campaign_path: Path, campaign: str):
-        self.path = Path(campaign_path) / "lock.json"
+    def __init__(self, campaign_path: Path | CampaignPaths, campaign: str):
+        """`campaign_path`: the campaign's folder, or its CampaignPaths."""
+        self.path = campaign_path.lock if isinstance(campaign_path, CampaignPaths) else Path(campaign_path) / LOCK_FILE
         self.campaign = campaign
         self.owner = uuid.uuid4().hex
         self.record = {"owner": self.owner, "pid": os.getpid(), "host": socket.gethostname(),
@@ -113,7 +104,7 @@ class CampaignLock:
         if time.time() - holder.get("heartbeat", 0) >= STALE_S:
             return False
         if holder.get("pidns") and holder["pidns"] == self.record["pidns"]:
-            return _pid_alive(int(holder["pid"]))
+            return pid_alive(int(holder["pid"]))  # a killed driver not yet reaped: dead
         return True
 
     def _refusal(self, holder: dict) -> str:
