@@ -158,6 +158,12 @@ def _ray_job(cluster, *args, timeout=900):
         time.sleep(2)
 
 
+def _job_logs(cluster, job_id: str, chars: int = 6000) -> str:
+    """The end of a job's own output, without the raylets' lines that Ray streams into it."""
+    logs = _ray_job(cluster, "job", "logs", "--address", "{address}", job_id).stdout
+    return "\n".join(line for line in logs.splitlines() if "(raylet)" not in line)[-chars:]
+
+
 def _submit(cluster, *entrypoint, no_wait=False):
     submit = [a for a in SUBMIT[1:]]
     if no_wait:
@@ -290,15 +296,14 @@ def test_a_campaign_survives_a_stopped_job_an_edited_checkout_and_a_dead_worker_
     resumed = _submission_id(_submit(cluster, *campaign, "--resume", no_wait=True))
     # a worker node dies (its raylet, by pid) while one of the campaign's experiments runs on it
     killed = _kill_a_worker_running_an_experiment(cluster, resumed)
-    assert _wait_job(cluster, resumed) == "SUCCEEDED", _ray_job(cluster, "job", "logs", "--address", "{address}",
-                                                               resumed).stdout[-3000:]
+    assert _wait_job(cluster, resumed) == "SUCCEEDED", _job_logs(cluster, resumed)
     assert {p.name for p in cluster.package_folders()} - packages_before  # it did run the edited copy
     _assert_only_in_the_home(cluster)
 
     results = _results(forum, name)
     status = _aar("campaign", "status", "--name", name, home=cluster.home, cwd=tmp_path)
     assert len(results) == len(set(results["call_key"])) == 2 * 3, (  # every experiment exactly once
-        status.stdout, _ray_job(cluster, "job", "logs", "--address", "{address}", resumed).stdout[-4000:])
+        status.stdout, _job_logs(cluster, resumed))
     scored = [e["key"] for e in _audit(cluster.home) if e["outcome"] == "scored" and e.get("key")]
     assert len(scored) == len(set(scored))  # and scored once: a retried experiment is replayed, not rescored
     assert _operator_key(cluster.home) == operator_key  # the same sealed store, the same budgets
@@ -327,7 +332,7 @@ def _kill_a_worker_running_an_experiment(cluster, job_id: str) -> str:
               "no experiment of the resumed job ever ran")
     node = running_node()
     assert node is not None, ("the resumed job ended before an experiment could be interrupted",
-                              _ray_job(cluster, "job", "logs", "--address", "{address}", job_id).stdout[-4000:])
+                              _job_logs(cluster, job_id))
     [raylet] = [p for p in psutil.process_iter(["name", "cmdline"])
                 if p.info["name"] == "raylet" and f"--node_id={node}" in (p.info["cmdline"] or [])]
     assert f"--temp_dir={cluster.folder}/worker-" in " ".join(raylet.cmdline())  # a worker, never the head

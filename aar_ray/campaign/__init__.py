@@ -231,9 +231,11 @@ def _campaign_run(tracker: Tracker, config: CampaignConfig, paths: CampaignPaths
     return run_id
 
 
-# How many times the driver calls a researcher's run() again after its actor died or was
-# unreachable (its node died): run() resumes from the checkpoint, so a second call is safe.
-RESEARCHER_RERUNS = 3
+# A researcher whose run() failed with its actor (its process died, or its node is unreachable
+# until Ray declares it dead and restarts the actor elsewhere) is asked again, with growing
+# pauses, for up to this long: run() resumes from the checkpoint, so a second call is safe.
+RESEARCHER_RESTART_S = 600.0
+RESEARCHER_MAX_RESTARTS = 3
 
 
 def run_researchers(config: CampaignConfig, parent_run_id: str, forum: Forum, progress: bool = True) -> list[dict]:
@@ -241,20 +243,28 @@ def run_researchers(config: CampaignConfig, parent_run_id: str, forum: Forum, pr
     from aar_ray.progress import progress as progress_bar
 
     actors = {rc.name: ResearcherActor.options(name=f"researcher-{config.name}-{rc.name}", namespace="aar",
-                                               # a dead researcher restarts from its checkpoint
-                                               max_restarts=RESEARCHER_RERUNS, get_if_exists=True)
+                                               max_restarts=RESEARCHER_MAX_RESTARTS, get_if_exists=True)
               .remote(rc, config, parent_run_id)
               for rc in researcher_configs(config)}
     pending = {actor.run.remote(): name for name, actor in actors.items()}
-    reruns = dict.fromkeys(actors, 0)
+    retry_at: dict[str, float] = {}  # researcher -> when to call its run() again
+    failing_since: dict[str, float] = {}
     deadline = time.time() + config.limits.wall_seconds
     statuses = []
     expected = config.researchers * (config.researcher_limits.max_experiments or 0) or None
     bar = progress_bar(total=expected, desc="experiments", unit="exp", disable=not progress)
     ledger, spent_out = campaign_ledger(config, forum), None
     try:
-        while pending and time.time() < deadline:
-            done, _ = ray.wait(list(pending), num_returns=1, timeout=min(5.0, max(0.0, deadline - time.time())))
+        while (pending or retry_at) and time.time() < deadline:
+            for name in [n for n, at in retry_at.items() if at <= time.monotonic()]:
+                del retry_at[name]
+                pending[actors[name].run.remote()] = name
+            wait = min(5.0, max(0.0, deadline - time.time()))
+            if pending:
+                done, _ = ray.wait(list(pending), num_returns=1, timeout=wait)
+            else:  # every researcher left is waiting to be asked again
+                done = []
+                time.sleep(min(1.0, wait))
             results = forum.results()
             bar.update(len(results) - bar.n)
             reached = ledger.exhausted(ledger.spent(results))  # GPU-hours are enforced here only
@@ -270,23 +280,30 @@ def run_researchers(config: CampaignConfig, parent_run_id: str, forum: Forum, pr
                 try:
                     statuses.append(ray.get(ref))
                 except ray.exceptions.RayActorError as err:
-                    # Its process or node died, or is unreachable while Ray restarts it elsewhere
-                    # (ActorUnavailableError): ask again; the call waits for the restarted actor.
-                    if reruns[name] < RESEARCHER_RERUNS:
-                        reruns[name] += 1
-                        log.warning("researcher %s: %s; calling run() again (%d of %d)", name,
-                                    type(err).__name__, reruns[name], RESEARCHER_RERUNS)
-                        pending[actors[name].run.remote()] = name
+                    failing = time.monotonic() - failing_since.setdefault(name, time.monotonic())
+                    if failing < RESEARCHER_RESTART_S:
+                        log.warning("researcher %s: %s; asking it again (failing for %.0f s)", name,
+                                    type(err).__name__, failing)
+                        retry_at[name] = time.monotonic() + min(10.0, 1.0 + failing / 5)
                     else:
-                        statuses.append({"name": name, "stopped": f"failed: {err}"})
+                        statuses.append(checkpointed_status(config, name, f"failed: {err}"))
                 except ray.exceptions.RayError as err:
-                    statuses.append({"name": name, "stopped": f"failed: {err}"})
+                    statuses.append(checkpointed_status(config, name, f"failed: {err}"))
     finally:  # also when interrupted: no researcher outlives its driver's loop
         bar.close()
         for actor in actors.values():
             ray.kill(actor)
-    statuses += [{"name": name, "stopped": "wall-clock cap"} for name in pending.values()]  # checkpointed: resume continues
+    # checkpointed: resume continues them
+    statuses += [checkpointed_status(config, name, "wall-clock cap") for name in [*pending.values(), *retry_at]]
     return statuses
+
+
+def checkpointed_status(config: CampaignConfig, name: str, stopped: str) -> dict:
+    """What a researcher's run() returns, read from its checkpoint, for one whose call failed
+    or that the wall clock cut off."""
+    state = read_states(CampaignPaths.of(config).researchers).get(name) or {}
+    return {"name": name, "steps": state.get("steps", 0), "stopped": stopped,
+            "agent_seconds": round(state.get("agent_seconds", 0.0), 2), "spent": researcher_spend(state).to_dict()}
 
 
 def run_campaign(config: CampaignConfig, resume: bool = False, progress: bool = True) -> dict:
