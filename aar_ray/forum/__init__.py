@@ -162,8 +162,7 @@ class Forum:
             return [dict(row._mapping) for row in conn.execute(query)]
 
     def _results(self, query) -> list[Result]:
-        with self.engine.connect() as conn:
-            return [Result.from_row(row._mapping) for row in conn.execute(query)]
+        return [Result.from_row(row) for row in self._rows(query)]
 
     # --- posts ------------------------------------------------------------------------------
     def post(self, author: str, title: str, body: str, run_ids: list[str] = (),
