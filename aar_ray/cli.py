@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+from aar_ray import environment
 from aar_ray.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -386,7 +387,7 @@ def configure_logging(level: str | None = None) -> None:
     """Every module logs to `logging.getLogger(__name__)`, so all of them hang under `aar_ray`;
     the commands show that tree's warnings (or `$AAR_LOG_LEVEL`'s level) on stderr, one line each."""
     tree = logging.getLogger("aar_ray")
-    asked = level or os.environ.get("AAR_LOG_LEVEL")
+    asked = level or environment.log_level()
     if asked and asked.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
         raise UserError(f"AAR_LOG_LEVEL={asked!r}; allowed: DEBUG, INFO, WARNING, ERROR, CRITICAL")
     if asked:  # otherwise the tree keeps the root's level (WARNING unless an embedding program says)
@@ -402,6 +403,7 @@ def configure_logging(level: str | None = None) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(with_default_campaign_action(sys.argv[1:] if argv is None else argv))
     try:
+        environment.prepare_process()
         configure_logging()
         return COMMANDS[args.command](args)
     except UserError as err:  # anything else is a bug: its traceback is shown

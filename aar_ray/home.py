@@ -8,26 +8,23 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from aar_ray import environment
 from aar_ray.errors import ConfigError
 
 # `ray job submit` runs the entrypoint in the node's copy of the uploaded working directory,
 # <temp>/session_*/runtime_resources/working_dir_files/_ray_pkg_<hash>/, deleted with the session.
 RAY_WORKING_DIR_MARK = os.path.join("runtime_resources", "working_dir_files")
-# Ray's job supervisor sets this in the environment of every job entrypoint it starts
-# (ray/dashboard/modules/job/job_supervisor.py, `_get_driver_env_vars`); `RAY_JOB_ID` is not
-# a reliable signal (Ray strips it from submitted environments and sets it only in workers).
-RAY_JOB_ENV_MARK = "RAY_JOB_CONFIG_JSON_ENV_VAR"
 
 
 def in_ray_job() -> bool:
     """True in a process started by `ray job submit` (or any process whose working directory is
     a Ray working_dir package), where a relative path would land in a folder Ray deletes."""
-    return RAY_JOB_ENV_MARK in os.environ or RAY_WORKING_DIR_MARK in os.getcwd()
+    return environment.started_by_ray_job() or RAY_WORKING_DIR_MARK in os.getcwd()
 
 
 def default_home() -> str:
     """`$AAR_HOME`, else `~/.aar`: one per user, the same from every directory."""
-    return os.environ.get("AAR_HOME") or "~/.aar"
+    return environment.aar_home() or "~/.aar"
 
 
 def resolve_home(home: str | os.PathLike | None = None, key: str = "home") -> str:
@@ -36,7 +33,7 @@ def resolve_home(home: str | os.PathLike | None = None, key: str = "home") -> st
     Ray job, where the working directory is Ray's temporary copy of the tree."""
     given = str(home) if home else default_home()
     if not home:
-        key = "AAR_HOME" if os.environ.get("AAR_HOME") else key
+        key = "AAR_HOME" if environment.aar_home() else key
     if "://" in given:
         raise ConfigError(
             f"{key}={given!r}: object-store URIs are not supported as the aar home; use a path, "
@@ -54,4 +51,4 @@ def resolve_home(home: str | os.PathLike | None = None, key: str = "home") -> st
     return os.path.normpath(path)
 
 
-__all__ = ["RAY_JOB_ENV_MARK", "default_home", "in_ray_job", "resolve_home"]
+__all__ = ["default_home", "in_ray_job", "resolve_home"]

@@ -35,6 +35,8 @@ from typing import Callable
 
 import numpy as np
 
+from aar_ray import environment
+
 BF16_PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L40S": 362e12}  # dense, vendor datasheets
 # Qwen3-4B-Base's shape (its config.json): built with random weights when no --model is given.
 QWEN3_4B = dict(hidden_size=2560, intermediate_size=9728, num_hidden_layers=36, num_attention_heads=32,
@@ -206,6 +208,7 @@ def run_step(report: dict, name: str, fn: Callable, *args) -> None:
 
 
 def main(argv: list[str] | None = None) -> dict:
+    environment.prepare_process()
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default=None, help="weights: a folder, a cached hub id, gguf:..., tiny:...; "
                                                       "default: Qwen3-4B-shaped random weights on a GPU, "

@@ -4,8 +4,13 @@ import json
 
 import pytest
 
+from aar_ray import environment
 from aar_ray.testbeds import import_testbed
 from aar_ray.testbeds.embedded import SplitSizes, generate
+
+# The suite is an entry point: its processes, and the local Rays it starts, run offline with
+# vLLM's engine core in-process, as `aar`'s processes do.
+environment.prepare_process()
 
 SMALL = SplitSizes(train_label=200, train_unlabel=600, test=300)
 

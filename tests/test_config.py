@@ -6,7 +6,8 @@ import pytest
 
 from aar_ray.config import BaselineConfig, load_config
 from aar_ray.errors import ConfigError
-from aar_ray.home import RAY_JOB_ENV_MARK, in_ray_job, resolve_home
+from aar_ray.environment import RAY_JOB_ENV_MARK
+from aar_ray.home import in_ray_job, resolve_home
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 

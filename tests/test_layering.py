@@ -1,6 +1,6 @@
 """The package's import structure, read from the source with `ast` (nothing is imported):
-no import cycles between modules, none between subpackages, and no lower layer importing a
-higher one."""
+no import cycles between modules, none between subpackages, no lower layer importing a
+higher one, and the process environment touched by one module alone."""
 
 import ast
 from pathlib import Path
@@ -10,7 +10,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "aar_ray"
 # Lowest first. A part may import only parts of lower layers (and itself); parts that share a
 # layer are independent of each other. `aar_ray` (the package's own __init__) is below them all.
 LAYERS = [
-    {"errors", "resources", "progress"},
+    {"errors", "resources", "progress", "environment"},
     {"home"},
     {"testbeds", "sandbox", "forum"},
     {"lm"},
@@ -170,3 +170,33 @@ def test_the_checks_see_a_cycle_and_an_upward_import():
     lazy = ast.parse("def f():\n    import aar_ray.cli\nimport aar_ray.config\n")
     assert [ast.unparse(n) for n in module_level_imports(lazy.body)] == ["import aar_ray.config"]
     assert len(list(every_import(lazy))) == 2
+
+
+# The one module that reads and sets environment variables (aar_ray/environment.py's table).
+ENVIRONMENT_MODULE = "aar_ray.environment"
+
+
+def environment_uses(tree: ast.Module) -> list[str]:
+    """Reads and writes of the process environment: `os.environ`, `os.getenv`, `os.putenv`,
+    `os.unsetenv`, and names imported from `os` that do the same."""
+    touching = {"environ", "getenv", "putenv", "unsetenv", "environb", "getenvb"}
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Attribute) and node.attr in touching and ast.unparse(node.value) == "os":
+            found.append(f"line {node.lineno}: {ast.unparse(node)}")
+        elif isinstance(node, ast.ImportFrom) and node.module == "os":
+            found += [f"line {node.lineno}: from os import {a.name}" for a in node.names if a.name in touching]
+    return sorted(found, key=lambda use: int(use.split(":")[0].removeprefix("line ")))
+
+
+def test_only_the_environment_module_reads_or_sets_environment_variables():
+    offenders = {name: uses for name, path in MODULES.items() if name != ENVIRONMENT_MODULE
+                 if (uses := environment_uses(ast.parse(path.read_text(), str(path))))}
+    assert offenders == {}, "read or set environment variables through aar_ray.environment"
+
+
+def test_the_environment_check_sees_reads_and_writes():
+    code = ("import os\nfrom os import getenv\nos.environ.setdefault('A', '1')\n"
+            "x = os.getenv('B')\nos.path.join('a')\n")
+    assert environment_uses(ast.parse(code)) == [
+        "line 2: from os import getenv", "line 3: os.environ", "line 4: os.getenv"]

@@ -89,7 +89,6 @@ import email.utils
 import json
 import logging
 import math
-import os
 import random
 import re
 import time
@@ -103,6 +102,7 @@ try:  # the anthropic SDK ships its HTTP client as `httpx2`; plain `httpx` has t
 except ImportError:  # pragma: no cover
     import httpx
 
+from aar_ray import environment
 from aar_ray.resources import conf_file
 
 logger = logging.getLogger(__name__)
@@ -297,7 +297,7 @@ class _Secret:
 
 
 def read_api_key(env_var: str, provider: str) -> _Secret:
-    value = os.environ.get(env_var, "").strip()
+    value = environment.secret(env_var)
     if not value:
         raise MissingAPIKeyError(
             f"{provider}: environment variable {env_var} is not set or empty; it must hold the "

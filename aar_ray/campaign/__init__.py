@@ -21,7 +21,6 @@ import contextlib
 import copy
 import json
 import logging
-import os
 import signal
 import threading
 import time
@@ -31,6 +30,7 @@ from pathlib import Path
 import ray
 import yaml
 
+from aar_ray import environment
 from aar_ray.agents.researcher import BackendConfig, Researcher, ResearcherConfig, ResearcherLimits
 from aar_ray.agents.budget import Budget
 from aar_ray.agents.ledger import CampaignLedger, read_states, researcher_spend
@@ -336,7 +336,7 @@ def _run_locked(config: CampaignConfig, paths: CampaignPaths, started: float, st
         preflight(backend)
     connect_ray()
     gpus = ray.cluster_resources().get("GPU", 0)
-    if config.experiment_gpus > gpus and not os.environ.get("RAY_ADDRESS"):
+    if config.experiment_gpus > gpus and not environment.ray_address():
         raise ConfigError(f"experiment_gpus={config.experiment_gpus} but this machine's Ray has {gpus:g} GPUs; "
                          "experiments would wait forever (use 0 on CPU, or run on a GPU cluster)")
     scorer = scorer_actor(config.home, config.scorer, config.teacher, config.student)

@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING, Any, Callable, Dict, Optional, Sequence
 import numpy as np
 import ray
 
+from aar_ray import environment
 from aar_ray.engines.base import BINARY_LABELS, Engine, Item
 
 if TYPE_CHECKING:
@@ -430,7 +431,7 @@ class EnginePool:
     def _start(self) -> _Replica:
         cfg = self.config
         options: dict = {"num_cpus": cfg.num_cpus, "num_gpus": cfg.num_gpus}
-        env = {"runtime_env": {"env_vars": dict(cfg.env)}} if cfg.env else {}
+        env = {"runtime_env": {"env_vars": environment.engine_process_env(cfg.env)}}
         group = None
         if cfg.tensor_parallel > 1:
             from ray.util.placement_group import placement_group

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import os
 from pathlib import Path
 from typing import Sequence
 
@@ -78,9 +77,6 @@ class VLLMEngine:
     def __init__(self, config: CausalLMConfig, tensor_parallel: int = 1, gpu_memory_utilization: float = 0.85,
                  max_loras: int = 4, seed: int = 0, enforce_eager: bool = False,
                  cpu_kv_cache_gib: float = 1.0):
-        # The engine core in this process: a separate core process would need every caller to
-        # guard its `__main__`, and a replica is one process per engine anyway.
-        os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
         try:
             from vllm import LLM, SamplingParams
             from vllm.lora.request import LoRARequest

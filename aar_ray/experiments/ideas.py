@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 
 import aar_ray
+from aar_ray import environment
 from aar_ray.experiments import ExperimentSpec, MethodResult, teacher_labels
 from aar_ray.sandbox import MIB, Sandbox, SandboxLimits
 from aar_ray.testbeds import load_public
@@ -80,7 +81,7 @@ def run_idea(spec: ExperimentSpec, limits: SandboxLimits = IDEA_LIMITS) -> Metho
         np.savez(workspace / "weak.npz", **teacher_labels(spec).probs)  # shuffled for the ablation
         result = sandbox_for(spec, workspace, limits).run(
             [sys.executable, "-m", "aar_ray.experiments.idea_runner", "input.json"],
-            env={"PYTHONPATH": str(PACKAGE.parent), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"})
+            env={"PYTHONPATH": str(PACKAGE.parent), "OMP_NUM_THREADS": "1", **environment.OFFLINE})
     finally:
         shutil.rmtree(workspace, ignore_errors=True)  # unlinks what the idea left; never opens it
     if result.timed_out:

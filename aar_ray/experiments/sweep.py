@@ -7,7 +7,6 @@ Ray tasks, score and record each as it finishes, and return the leaderboard.
 
 from __future__ import annotations
 
-import os
 import signal
 import tempfile
 import threading
@@ -18,6 +17,7 @@ import pandas as pd
 import ray
 from aar_ray.progress import progress as progress_bar
 
+from aar_ray import environment
 from aar_ray.config import BaselineConfig
 from aar_ray.experiments import ExperimentSpec, record_experiment, run_method, score_result
 from aar_ray.methods import parse_method
@@ -36,7 +36,7 @@ def connect_ray(num_cpus: int | None = None) -> None:
     # (`ray job stop`) an interrupt, to end its MLflow runs and give back its campaign, keeps it.
     main = threading.current_thread() is threading.main_thread()
     ours = signal.getsignal(signal.SIGTERM) if main else None
-    if os.environ.get("RAY_ADDRESS"):
+    if environment.ray_address():
         ray.init(namespace="aar")
     else:
         # Ray's own processes (GCS, raylet, and the workers the raylet starts) are children of this

@@ -21,6 +21,8 @@ import subprocess
 import tempfile
 from pathlib import Path
 
+from aar_ray import environment
+
 PACKAGE_HINT = ("PostgreSQL server binaries not found: install Debian's `postgresql` package "
                 "(`apt-get install postgresql`, which ./setup.sh does from .ci/apt-packages.txt), "
                 "or set AAR_PG_BIN to the folder holding initdb and pg_ctl")
@@ -33,7 +35,7 @@ class PostgresUnavailable(RuntimeError):
 def find_bin_dir() -> Path:
     """The folder with `initdb` and `pg_ctl`: $AAR_PG_BIN, else the newest
     /usr/lib/postgresql/<version>/bin, else the one on PATH."""
-    candidates = [os.environ.get("AAR_PG_BIN", "")]
+    candidates = [environment.pg_bin() or ""]
     candidates += sorted(glob.glob("/usr/lib/postgresql/*/bin"),
                          key=lambda p: int(Path(p).parent.name) if Path(p).parent.name.isdigit() else 0,
                          reverse=True)

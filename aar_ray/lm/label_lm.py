@@ -24,7 +24,6 @@ import torch
 from aar_ray.lm.adapters import fetch_adapter, put_adapter
 from aar_ray.lm.config import CausalLMConfig
 from aar_ray.lm.prompts import EncodedPrompt, PromptEncoder
-# weights sets HF_HUB_OFFLINE before transformers is first imported (inside the functions below).
 from aar_ray.lm.weights import hub_unreachable, resolve_model_path
 
 

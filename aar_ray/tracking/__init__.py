@@ -23,7 +23,6 @@ import functools
 import hashlib
 import json
 import logging
-import os
 import re
 import subprocess
 import sys
@@ -38,6 +37,7 @@ from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 
+from aar_ray import environment
 from aar_ray.home import resolve_home
 
 log = logging.getLogger(__name__)
@@ -55,8 +55,8 @@ def resolve_tracking_uri(uri: str | None = None, home: str | None = None) -> str
     default home, `$AAR_HOME` or `~/.aar`)."""
     if uri:
         return uri
-    if os.environ.get("MLFLOW_TRACKING_URI"):
-        return os.environ["MLFLOW_TRACKING_URI"]
+    if environment.mlflow_tracking_uri():
+        return environment.mlflow_tracking_uri()
     return f"sqlite:///{Path(resolve_home(home)) / DEFAULT_DB}"
 
 
