@@ -12,6 +12,7 @@ from aar_ray.agents.ledger import CampaignLedger, CampaignSpend
 from aar_ray.agents.researcher import ResearcherLimits
 from aar_ray.campaign import (CampaignConfig, CampaignLimits, campaign_ledger, campaign_status, campaign_totals,
                               researcher_configs)
+from aar_ray.campaign.report import cost_summary
 from aar_ray.cli import main
 from aar_ray.forum import Forum, default_url
 
@@ -98,6 +99,20 @@ def test_spent_adds_up_the_checkpointed_budgets_and_the_forums_gpu_seconds(tmp_p
 def test_exhausted_names_the_campaign_cap_that_is_reached(caps, expected):
     spent = CampaignSpend(tokens=10**6, dollars=2.0, experiments=50, agent_hours=0.75, gpu_hours=2.0)
     assert CampaignLedger(caps, 3, "unused").exhausted(spent) == expected
+
+
+def test_the_reports_cost_table_is_the_ledgers_totals(tmp_path):
+    """The report shows the figures the caps were checked against, not a second sum of them."""
+    config = CampaignConfig(name="lab", home=str(tmp_path), researchers=2)
+    researchers = tmp_path / "campaigns" / "lab" / "researchers"
+    write_state(researchers, "a-0", tokens=1200, dollars=1.25, experiments=2, hours=0.5)
+    write_state(researchers, "b-1", tokens=300, dollars=0.25, hours=0.25)
+    forum = Forum(default_url(tmp_path), "lab")
+    record(forum, "lab/a-0/1/seed1", 5400.0)
+    spent = campaign_ledger(config, forum).spent()
+    cost = cost_summary(spent, config.researchers, forum.results(), wall_seconds=1800)
+    assert cost == {"researchers": 2, "tokens": 1500, "dollars": 1.5, "agent_hours": 0.75,
+                    "dollars_per_agent_hour": 2.0, "experiments": 1, "wall_minutes": 30.0, "gpu_hours": 1.5}
 
 
 def test_exhausted_reads_the_spend_from_disk_when_not_given_it(tmp_path):

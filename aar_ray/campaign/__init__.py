@@ -352,7 +352,8 @@ def _run_locked(config: CampaignConfig, paths: CampaignPaths, started: float, st
     audit_top_ideas(config, forum, table)
     release_student_pool(config.student)  # the shared inference pool's GPUs go back to the cluster
     tracker.flush_spool()  # records spooled while the tracking server was away
-    report = write_report(config, forum, tracker, parent, statuses, table, time.time() - started)
+    spent = campaign_ledger(config, forum).spent()
+    report = write_report(config, forum, tracker, parent, statuses, table, time.time() - started, spent)
     return {"researchers": statuses, "generalisation": table, "report": str(report)}
 
 

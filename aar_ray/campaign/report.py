@@ -27,6 +27,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from aar_ray.agents.checkpoint import final_notes, read_history  # noqa: E402
+from aar_ray.agents.ledger import CampaignSpend  # noqa: E402
 from aar_ray.campaign.generalisation import (DOES_NOT_GENERALISE, GENERALISATION_RULE, RankedIdea,  # noqa: E402
                                              ranked_ideas)
 from aar_ray.campaign.paths import CampaignPaths  # noqa: E402
@@ -82,15 +83,14 @@ def _markdown_table(rows: list[dict], columns: list[str]) -> list[str]:
     return lines
 
 
-def cost_summary(statuses: list[dict], results: list[Result], wall_seconds: float) -> dict:
-    spent = [s.get("spent", {}) for s in statuses]
-    dollars = sum(s.get("dollars", 0.0) for s in spent)
-    agent_hours = sum(s.get("hours", 0.0) for s in spent)
-    return {"researchers": len(statuses), "tokens": sum(s.get("tokens", 0) for s in spent),
-            "dollars": round(dollars, 4), "agent_hours": round(agent_hours, 4),
-            "dollars_per_agent_hour": round(dollars / agent_hours, 2) if agent_hours else 0.0,
+def cost_summary(spent: CampaignSpend, researchers: int, results: list[Result], wall_seconds: float) -> dict:
+    """The report's cost table: the ledger's totals (the same figures its caps are checked
+    against), per agent-hour, and the experiments the forum holds."""
+    return {"researchers": researchers, "tokens": spent.tokens,
+            "dollars": round(spent.dollars, 4), "agent_hours": round(spent.agent_hours, 4),
+            "dollars_per_agent_hour": round(spent.dollars / spent.agent_hours, 2) if spent.agent_hours else 0.0,
             "experiments": len(results), "wall_minutes": round(wall_seconds / 60, 2),
-            "gpu_hours": round(sum(r.gpu_seconds for r in results) / 3600, 4)}
+            "gpu_hours": round(spent.gpu_hours, 4)}
 
 
 def model_summary(config, statuses: list[dict], results: list[Result]) -> list[dict]:
@@ -228,7 +228,9 @@ def finish_runs(tracker, parent_run_id: str, artifacts: list[Path], summary: dic
 
 
 def write_report(config, forum, tracker, parent_run_id: str, statuses: list[dict], table: list[dict],
-                 wall_seconds: float) -> Path:
+                 wall_seconds: float, spent: CampaignSpend) -> Path:
+    """The report folder (markdown, HTML, plots, JSON tables), also logged on the campaign's run.
+    `spent`: the campaign ledger's totals."""
     paths = CampaignPaths.of(config)
     out = paths.report_dir
     out.mkdir(parents=True, exist_ok=True)
@@ -236,7 +238,7 @@ def write_report(config, forum, tracker, parent_run_id: str, statuses: list[dict
     ranked = flag_ideas_that_do_not_generalise(ranked_ideas(forum, config.testbed, config.home), table)
     winners = with_novelty(tracker, winners_of(ranked)[:10])
     flagged = with_novelty(tracker, [e for e in ranked if e["flags"]][:10])
-    cost = cost_summary(statuses, results, wall_seconds)
+    cost = cost_summary(spent, len(statuses), results, wall_seconds)
     plot = plot_pgr_over_time(results, paths.pgr_plot)
     paths.generalisation_json.write_text(json.dumps(table, indent=2))
     paths.cost_json.write_text(json.dumps(cost, indent=2))
