@@ -1,5 +1,6 @@
 """The engine pool's failure policy: a replica that never becomes ready (an engine that hangs while
 loading, an actor Ray can never place) is stopped and replaced after `replica_ready_timeout_s`,
+by a request or, in an idle pool, by the pool itself,
 and a request that cannot be served fails with a clear error instead of waiting forever; an
 engine that raises while it loads fails the request with its own error after a few tries.
 On a local Ray with two logical GPUs; the engines are test-local stand-ins (cheap, or broken)."""
@@ -113,6 +114,24 @@ def test_a_replica_that_hangs_while_loading_is_stopped_and_replaced(gpu_ray, tmp
         [pid] = pool.generate(["q"], max_tokens=1)
         assert int(pid) != hung and eventually(lambda: is_gone(hung), timeout=30)
         assert pool.replicas == 1 and pool.ready_replicas == 1 and pool.queue_depth == 0
+    finally:
+        pool.shutdown()
+
+
+@pytest.mark.slow
+def test_an_idle_pool_replaces_a_replica_that_hangs_while_loading(gpu_ray, tmp_path):
+    marker = tmp_path / "hung-pid"
+    config = PoolConfig(min_replicas=1, max_replicas=1, num_gpus=0, replica_ready_timeout_s=3)
+    pool = EnginePool(MODEL, config, engine_factory=functools.partial(HangOnceEngine, str(marker)))
+    try:
+        assert eventually(marker.exists, timeout=60)
+        hung = int(marker.read_text())
+        # no request arrives: the pool itself stops the hung replica and loads another
+        assert eventually(lambda: pool.ready_replicas == 1, timeout=3 + SLACK_S + 30)
+        assert eventually(lambda: is_gone(hung), timeout=30) and pool.replicas == 1
+        started = time.monotonic()
+        [pid] = pool.generate(["q"], max_tokens=1)
+        assert int(pid) != hung and time.monotonic() - started < 3  # served at once, not after a timeout
     finally:
         pool.shutdown()
 

@@ -181,8 +181,9 @@ class EnginePool:
         self._stopped = threading.Event()
         with self._lock:
             self._resize(self.config.min_replicas)
-        # Shrinking is otherwise only considered when a request arrives: an idle pool would keep
-        # its GPUs until the next one. A daemon thread re-checks while nobody asks.
+        # Shrinking and replacing lost replicas are otherwise done only when a request arrives: an
+        # idle pool would keep its GPUs, or a hung replica, until the next one. A daemon thread
+        # does both while nobody asks.
         threading.Thread(target=self._watch_idle, daemon=True, name="engine-pool-idle").start()
 
     # -- the engine interface
@@ -291,21 +292,11 @@ class EnginePool:
             raise RuntimeError(f"the engine pool for {self._model_name} was shut down")
 
     def _tend_replicas(self, request: _Request) -> None:
-        """Replace the replicas that will never serve (a failed start, a readiness timeout), and
-        fail `request` rather than keep it waiting on a pool that cannot serve it."""
+        """Replace the replicas that will never serve, and fail `request` rather than keep it
+        waiting on a pool that cannot serve it."""
         now = time.monotonic()
         timeout = self.config.replica_ready_timeout_s
-        lost = False
-        for replica in list(self._replicas):
-            if self._starting(replica) and now - replica.started >= timeout:
-                replica.error = TimeoutError(f"a replica was not ready {timeout:g} s after it started")
-            if replica.error is not None:
-                self._failed_starts.append((now, replica.error))
-                del self._failed_starts[:-MAX_FAILED_STARTS]
-                self._drop(replica)
-                lost = True
-        if lost:
-            self._autoscale()  # start their replacements
+        self._replace_lost_replicas()
         failed = [error for at, error in self._failed_starts if at >= request.started]
         if len(failed) >= MAX_FAILED_STARTS:
             raise RuntimeError(f"the engine pool for {self._model_name} could not start a replica: {len(failed)} "
@@ -322,6 +313,23 @@ class EnginePool:
                 f"{now - request.ready_seen:.0f} s of this request (replica_ready_timeout_s={timeout:g}). "
                 f"Check that the cluster has {needs} free for a replica (`ray status`), and the "
                 f"replica actors' logs for an engine stuck while loading.")
+
+    def _replace_lost_replicas(self) -> None:
+        """Stop the replicas that will never serve (a failed start, a start past
+        replica_ready_timeout_s) and start their replacements."""
+        now = time.monotonic()
+        timeout = self.config.replica_ready_timeout_s
+        lost = False
+        for replica in list(self._replicas):
+            if self._starting(replica) and now - replica.started >= timeout:
+                replica.error = TimeoutError(f"a replica was not ready {timeout:g} s after it started")
+            if replica.error is not None:
+                self._failed_starts.append((now, replica.error))
+                del self._failed_starts[:-MAX_FAILED_STARTS]
+                self._drop(replica)
+                lost = True
+        if lost:
+            self._autoscale()
 
     def _dispatch(self, request: _Request) -> None:
         """Send waiting batches, in order, to replicas with room for them."""
@@ -413,10 +421,16 @@ class EnginePool:
             self._replicas.remove(replica)
 
     def _watch_idle(self) -> None:
-        every = min(30.0, max(0.1, self.config.scale_down_after_s / 4))
+        """While no request is in progress: shrink after scale_down_after_s, and replace a replica
+        that will never serve, so the next caller finds a loaded one. An engine that fails to
+        start MAX_FAILED_STARTS times in a row is left to the next request, which reports it."""
+        cfg = self.config
+        every = min(30.0, max(0.1, min(cfg.scale_down_after_s, cfg.replica_ready_timeout_s) / 4))
         while not self._stopped.wait(every):
             with self._lock:
                 if self._replicas and not self._requests:
+                    if len(self._failed_starts) < MAX_FAILED_STARTS:
+                        self._replace_lost_replicas()
                     self._autoscale()
 
     def _count_served(self, n: int) -> None:
