@@ -63,8 +63,11 @@ class RankedIdea:
 
     @property
     def same_as(self) -> list[str]:
-        """The collapsed results, as `label (researcher)`."""
-        return [f"{m.label} ({m.researcher})" for m in self.members[1:]]
+        """The other ideas or researchers with this answer, as `label (researcher)`, each once;
+        the entry's own runs again (more seeds of the same submission) are members, not listed."""
+        own = (self.result.label, self.result.researcher)
+        return list(dict.fromkeys(f"{m.label} ({m.researcher})" for m in self.members[1:]
+                                  if (m.label, m.researcher) != own))
 
 
 def _seed_digests(result: Result, digests: dict[str, str]) -> dict[int, str]:
