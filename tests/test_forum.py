@@ -116,6 +116,17 @@ def test_results_are_typed_records_built_from_their_row(tmp_path):
         forum.record_result("r1", "tax", "x", "c/r1/9", [1], 0.1, 0.1, [], kind="library")
 
 
+def test_results_filtered_by_researcher_or_testbed_in_the_store(tmp_path):
+    forum = Forum(f"sqlite:///{tmp_path / 'forum.db'}", "c")
+    for key, (researcher, testbed) in enumerate([("r1", "tax"), ("r2", "tax"), ("r1", "pref"), ("r2", "pref")]):
+        forum.record_result(researcher, testbed, "vanilla_w2s", f"c/{key}", [1], 0.1 * key, 0.7, [])
+    Forum(f"sqlite:///{tmp_path / 'forum.db'}", "other").record_result("r1", "tax", "x", "o/1", [1], 0.9, 0.9, [])
+    assert [r.call_key for r in forum.results(researcher="r1")] == ["c/0", "c/2"]
+    assert [r.call_key for r in forum.results(testbed="pref")] == ["c/2", "c/3"]
+    assert [r.call_key for r in forum.results(researcher="r2", testbed="tax")] == ["c/1"]
+    assert len(forum.results()) == 4  # this campaign's only
+
+
 @pytest.mark.slow
 def test_a_postgres_store_of_the_old_schema_is_migrated_too(tmp_path):
     from aar_ray.forum.postgres import LocalPostgres, PostgresUnavailable

@@ -373,6 +373,6 @@ class Researcher:
 
     def _best_released_pgr(self) -> float:
         """The best PGR this researcher was shown (released feedback, never the exact record)."""
-        shown = [r.shown_pgr for r in self.tools.forum.results()
-                 if r.researcher == self.config.name and r.shown_pgr is not None]
+        shown = [r.shown_pgr for r in self.tools.forum.results(researcher=self.config.name)
+                 if r.shown_pgr is not None]
         return max(shown, default=0.0)

@@ -311,8 +311,7 @@ def leaderboard(ctx: ToolContext) -> dict:
     """The campaign's Ladder, as its researchers were shown it: each result that raised the
     campaign's best, with the value the scorer released then. Nothing here is new information:
     every entry was already some researcher's feedback (the campaign is one analyst)."""
-    rows = [r for r in ctx.forum.results() if r.testbed == ctx.testbed and r.shown_pgr is not None
-            and not r.disqualified]
+    rows = [r for r in ctx.forum.results(testbed=ctx.testbed) if r.shown_pgr is not None and not r.disqualified]
     rows.sort(key=lambda r: -r.shown_pgr)
     keys = ("researcher", "testbed", "idea", "seeds", "code_ref", "flags")
     shown = [(r.display(), r.shown_pgr) for r in rows[:20]]

@@ -238,8 +238,15 @@ class Forum:
         rows = self._results(select(results).where(results.c.call_key == call_key))
         return rows[0] if rows else None
 
-    def results(self) -> list[Result]:
-        return self._results(select(results).where(results.c.campaign == self.campaign).order_by(results.c.id))
+    def results(self, researcher: str | None = None, testbed: str | None = None) -> list[Result]:
+        """The campaign's results, oldest first; only one researcher's, or one testbed's, when
+        asked (a researcher asks for its own every step: the filter runs in the store)."""
+        q = select(results).where(results.c.campaign == self.campaign)
+        if researcher is not None:
+            q = q.where(results.c.researcher == researcher)
+        if testbed is not None:
+            q = q.where(results.c.testbed == testbed)
+        return self._results(q.order_by(results.c.id))
 
     def add_flag(self, result_id: int, flag: str) -> None:
         """Append a flag (comma-separated, each once) to a result; shown on the leaderboard.
