@@ -17,6 +17,7 @@ import os
 import re
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -31,25 +32,27 @@ def busy_loop() -> None:  # pragma: no cover - runs until terminated
         pass
 
 
-def run_tier(name: str, marker: list[str]) -> dict:
-    """One tier of the suite; its seconds, counts from pytest's last line and exit code."""
+def run_tier(name: str, marker: list[str], log: Path) -> dict:
+    """One tier of the suite, its output in `log` (a file, not a pipe: a process a test left
+    behind could hold a pipe open long after pytest ended); its seconds, counts and exit code."""
     started = time.monotonic()
-    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", *marker], cwd=ROOT,
-                          capture_output=True, text=True)
-    last = (proc.stdout.strip().splitlines() or [""])[-1]
-    counts = {kind.rstrip("s"): int(n) for n, kind in SUMMARY.findall(last)}
-    if proc.returncode != 0:  # the failures' names, so a red run can be read from the JSON alone
-        counts["failures"] = [line for line in proc.stdout.splitlines()
-                              if line.startswith(("FAILED", "ERROR"))]
-    return {"tier": name, "seconds": round(time.monotonic() - started, 1),
-            "returncode": proc.returncode, **counts}
+    with log.open("w") as out:
+        returncode = subprocess.run([sys.executable, "-m", "pytest", "-q", "-rfE", *marker], cwd=ROOT,
+                                    stdout=out, stderr=subprocess.STDOUT).returncode
+    lines = log.read_text(errors="replace").splitlines()
+    summary = next((line for line in reversed(lines) if SUMMARY.search(line) and " in " in line), "")
+    counts = {kind.rstrip("s"): int(n) for n, kind in SUMMARY.findall(summary)}
+    if returncode != 0:  # the failures' names, so a red run can be read from the JSON alone
+        counts["failures"] = [line for line in lines if line.startswith(("FAILED", "ERROR"))]
+    return {"tier": name, "seconds": round(time.monotonic() - started, 1), "returncode": returncode,
+            "log": str(log), **counts}
 
 
-def run_suite() -> dict:
+def run_suite(logs: Path, label: str) -> dict:
     """Both tiers, stopping after a red one as the README's `&&` does."""
     started, tiers = time.monotonic(), []
     for name, marker in TIERS.items():
-        tiers.append(run_tier(name, marker))
+        tiers.append(run_tier(name, marker, logs / f"{label}-{name}.log"))
         if tiers[-1]["returncode"] != 0:
             break
     return {"seconds": round(time.monotonic() - started, 1),
@@ -64,18 +67,21 @@ def main() -> None:
                         help="busy-loop processes (default: one per core)")
     parser.add_argument("--idle-baseline", action="store_true",
                         help="first time one run with no busy loops, for the slowdown ratio")
+    parser.add_argument("--logs", type=Path, default=Path(tempfile.mkdtemp(prefix="suite-under-load-")),
+                        help="folder for each tier's pytest output (default: a new temporary folder)")
     args = parser.parse_args()
+    args.logs.mkdir(parents=True, exist_ok=True)
 
     result: dict = {"cores": os.cpu_count(), "busy_loops": args.busy}
     if args.idle_baseline:
-        result["idle"] = run_suite()
+        result["idle"] = run_suite(args.logs, "idle")
     loops = [multiprocessing.Process(target=busy_loop, daemon=True) for _ in range(args.busy)]
     for loop in loops:
         loop.start()
     runs, loads = [], []
     try:
         for index in range(args.runs):
-            runs.append(run_suite())
+            runs.append(run_suite(args.logs, f"run{index + 1}"))
             loads.append(round(os.getloadavg()[0], 1))
             print(f"run {index + 1}/{args.runs}: {json.dumps(runs[-1])}", file=sys.stderr, flush=True)
     finally:
