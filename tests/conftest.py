@@ -1,6 +1,8 @@
 """Shared fixtures: small testbeds imported through the real importer into a temporary home."""
 
 import json
+import os
+import sys
 
 import pytest
 
@@ -20,6 +22,20 @@ def write_jsonl_folder(path, rows_by_split):
     for split, rows in rows_by_split.items():
         (path / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     return path
+
+
+@pytest.fixture(autouse=True)
+def no_leaked_environment():
+    """Each test leaves the process environment as it found it. What leaks reaches every later
+    subprocess of the suite: `mlflow.set_tracking_uri` exports MLFLOW_TRACKING_URI, so a test that
+    reads its runs that way sent a later test's `aar` to its store."""
+    before = dict(os.environ)
+    yield
+    if "mlflow" in sys.modules:
+        sys.modules["mlflow"].set_tracking_uri(None)  # its global URI, and the variable it exported
+    if dict(os.environ) != before:
+        os.environ.clear()
+        os.environ.update(before)
 
 
 @pytest.fixture(scope="session")
