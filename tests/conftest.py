@@ -13,6 +13,11 @@ from aar_ray.testbeds.embedded import SplitSizes, generate
 # The suite is an entry point: its processes, and the local Rays it starts, run offline with
 # vLLM's engine core in-process, as `aar`'s processes do.
 environment.prepare_process()
+# Ray starts its workers at niceness 15, so that they yield to its own processes. Beside any other
+# load on the machine that starves them: under two busy loops on 2 cores a vLLM replica got 23 s of
+# CPU in 10 minutes and every end-to-end test timed out. The suite's Rays, in-process or in an
+# `aar` subprocess, inherit this and compete on equal terms.
+os.environ.setdefault("RAY_worker_niceness", "0")
 
 SMALL = SplitSizes(train_label=200, train_unlabel=600, test=300)
 
