@@ -32,6 +32,11 @@ def aar_command(home, workdir, name, *extra):
             "--home", str(home), f"name={name}", *SMALL_CAMPAIGN, *extra]
 
 
+def resume_test_command(home, name, *extra):
+    """`aar campaign` for the tests of stopping and resuming (SMALLEST_CHECK)."""
+    return aar_command(home, None, name, *SMALLEST_CHECK, *extra)
+
+
 def _env():
     env = {**os.environ}
     env.pop("RAY_ADDRESS", None)
@@ -86,7 +91,7 @@ def test_laptop_campaign_runs_checks_generalisation_and_writes_a_report(small_ho
 
 @pytest.mark.slow
 def test_killed_driver_resumes_without_losing_or_repeating_experiments(small_home, tmp_path):
-    driver = subprocess.Popen(aar_command(small_home, tmp_path, "crash", *SMALLEST_CHECK), cwd=tmp_path, env=_env(),
+    driver = subprocess.Popen(resume_test_command(small_home, "crash"), cwd=tmp_path, env=_env(),
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     forum_db = small_home / "forum.db"
     deadline = time.time() + 600
@@ -98,7 +103,7 @@ def test_killed_driver_resumes_without_losing_or_repeating_experiments(small_hom
     driver.wait()
     before = len(_results(forum_db, "crash"))
     assert before >= 1
-    proc = subprocess.run(aar_command(small_home, tmp_path, "crash", *SMALLEST_CHECK, "--resume"), cwd=tmp_path,
+    proc = subprocess.run(resume_test_command(small_home, "crash", "--resume"), cwd=tmp_path,
                           env=_env(), capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = _results(forum_db, "crash")
@@ -131,15 +136,15 @@ def test_one_driver_per_campaign_ctrl_c_ends_cleanly_and_resume_continues(small_
         d.mkdir()
     # a terminal's foreground job: SIGINT not ignored, even when this test runs in a background
     # job (whose commands a shell starts with SIGINT ignored, and children inherit that)
-    driver = subprocess.Popen(aar_command(small_home, tmp_path, name, *SMALLEST_CHECK), cwd=dirs["first"], env=_env(),
+    driver = subprocess.Popen(resume_test_command(small_home, name), cwd=dirs["first"], env=_env(),
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         lock = small_home / "campaigns" / name / "lock.json"
         _wait_for(lock.exists, "the first driver's lock")
         started = time.time()
-        second = subprocess.run(aar_command(small_home, tmp_path, name, *SMALLEST_CHECK, "--resume"),
-                                cwd=dirs["second"], env=_env(), capture_output=True, text=True, timeout=300)
+        second = subprocess.run(resume_test_command(small_home, name, "--resume"), cwd=dirs["second"],
+                                env=_env(), capture_output=True, text=True, timeout=300)
         refused_after = time.time() - started
         assert second.returncode == 2, second.stderr[-2000:]
         assert f"campaign '{name}' is running (driver pid {driver.pid}" in second.stderr
@@ -177,7 +182,7 @@ def test_one_driver_per_campaign_ctrl_c_ends_cleanly_and_resume_continues(small_
     assert status.returncode == 0 and rows and all(r["experiments"] >= 0 for r in rows), status.stderr[-2000:]
 
     set_control(str(small_home), name, "run", researcher="reweighting-1")
-    resumed = subprocess.run(aar_command(small_home, tmp_path, name, *SMALLEST_CHECK, "--resume"), cwd=dirs["third"],
+    resumed = subprocess.run(resume_test_command(small_home, name, "--resume"), cwd=dirs["third"],
                              env=_env(), capture_output=True, text=True, timeout=900)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     results = _results(small_home / "forum.db", name)
