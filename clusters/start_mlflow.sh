@@ -17,6 +17,8 @@
 #   MLFLOW_ARTIFACTS_DESTINATION  artifact store behind the server, e.g. s3://BUCKET/mlflow
 #   MLFLOW_PORT                   default 5000
 #   MLFLOW_WORKERS                server worker processes (default: MLflow's, 4)
+#   AAR_MLFLOW_START_TIMEOUT_S    seconds to wait for the server to answer /health (default 120;
+#                                 a busy head takes longer to import MLflow and start its workers)
 #   MLFLOW_SQLALCHEMYSTORE_MAX_OVERFLOW  database connections a worker may open beyond its 5
 #                                 pooled ones (default here 45; MLflow's own is 10). A burst of
 #                                 100 researchers recording at once on MLflow's default pool
@@ -109,15 +111,19 @@ setsid bash -c 'echo $$ > "$0"; exec mlflow server "$@"' "$state_dir/server.pgid
   >"$state_dir/server.log" 2>&1 </dev/null &
 
 # /health is exempt from MLflow's Host-header check, so probing it by loopback is reliable.
-for _ in $(seq 1 90); do
+# A deadline in seconds, not a count of probes: on a busy machine each probe takes longer.
+start_timeout=${AAR_MLFLOW_START_TIMEOUT_S:-120}
+deadline=$((SECONDS + start_timeout))
+while (( SECONDS < deadline )); do
   if python -c 'import sys, urllib.request
-urllib.request.urlopen("http://127.0.0.1:%s/health" % sys.argv[1], timeout=2)' "$port" \
+urllib.request.urlopen("http://127.0.0.1:%s/health" % sys.argv[1], timeout=5)' "$port" \
       2>/dev/null; then
     echo "start_mlflow: MLflow server listening on port $port (log: $state_dir/server.log)"
     exit 0
   fi
   sleep 1
 done
-echo "start_mlflow: MLflow server did not become healthy within 90 s; last log lines:" >&2
+echo "start_mlflow: MLflow server did not become healthy within $start_timeout s" \
+  "(AAR_MLFLOW_START_TIMEOUT_S); last log lines:" >&2
 tail -n 40 "$state_dir/server.log" >&2 || true
 exit 1

@@ -27,14 +27,14 @@ SMALL_CAMPAIGN = ["testbed=tax-small", "heldout_testbeds=[pref-small]", "researc
 SMALLEST_CHECK = ["heldout_testbeds=[]", "generalisation.top_k=1", "generalisation.seeds=[1]"]
 
 
-def aar_command(home, workdir, name, *extra):
+def aar_command(home, name, *extra):
     return [sys.executable, "-m", "aar_ray.cli", "campaign", "--config", str(CONF / "campaign" / "laptop.yaml"),
             "--home", str(home), f"name={name}", *SMALL_CAMPAIGN, *extra]
 
 
 def resume_test_command(home, name, *extra):
     """`aar campaign` for the tests of stopping and resuming (SMALLEST_CHECK)."""
-    return aar_command(home, None, name, *SMALLEST_CHECK, *extra)
+    return aar_command(home, name, *SMALLEST_CHECK, *extra)
 
 
 def _env():
@@ -53,7 +53,7 @@ def test_presets_load_and_validate(preset):
 
 @pytest.mark.slow
 def test_laptop_campaign_runs_checks_generalisation_and_writes_a_report(small_home, tmp_path):
-    proc = subprocess.run(aar_command(small_home, tmp_path, "ci"), cwd=tmp_path, env=_env(),
+    proc = subprocess.run(aar_command(small_home, "ci"), cwd=tmp_path, env=_env(),
                           capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     report_dir = small_home / "campaigns" / "ci" / "report"
@@ -89,34 +89,6 @@ def test_laptop_campaign_runs_checks_generalisation_and_writes_a_report(small_ho
     assert traces == set(researcher_runs["tags.aar_researcher"])  # each conversation on its researcher's run
 
 
-@pytest.mark.slow
-def test_killed_driver_resumes_without_losing_or_repeating_experiments(small_home, tmp_path):
-    driver = subprocess.Popen(resume_test_command(small_home, "crash"), cwd=tmp_path, env=_env(),
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    forum_db = small_home / "forum.db"
-    deadline = time.time() + 600
-    while time.time() < deadline:  # wait for the first recorded experiment, then kill everything
-        time.sleep(1)
-        if forum_db.exists() and len(_results(forum_db, "crash")) > 0:
-            break
-    os.killpg(driver.pid, signal.SIGKILL)
-    driver.wait()
-    before = len(_results(forum_db, "crash"))
-    assert before >= 1
-    proc = subprocess.run(resume_test_command(small_home, "crash", "--resume"), cwd=tmp_path,
-                          env=_env(), capture_output=True, text=True, timeout=900)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    results = _results(forum_db, "crash")
-    assert len(results) == len(set(results["call_key"])) == 2 * 3  # every experiment exactly once
-    # the scorer's audit log, MLflow and the forum agree on the researchers' validation runs
-    audit = pd.read_json(small_home / "sealed" / "audit.jsonl", lines=True)
-    scored = audit[(audit["outcome"] == "scored") & audit["key"].fillna("").str.startswith("crash/")]
-    seeds_in_forum = sum(len(s.split(",")) for s in results["seeds"])
-    mlflow.set_tracking_uri(f"sqlite:///{small_home / 'mlflow.db'}")
-    runs = mlflow.search_runs(experiment_names=["campaign-crash"], filter_string="tags.split = 'validation'")
-    assert len(scored) == seeds_in_forum == len(runs)
-
-
 def _wait_for(condition, what: str, timeout: float = 600, every: float = 0.5):
     deadline = time.time() + timeout
     while not condition():
@@ -126,14 +98,17 @@ def _wait_for(condition, what: str, timeout: float = 600, every: float = 0.5):
 
 
 @pytest.mark.slow
-def test_one_driver_per_campaign_ctrl_c_ends_cleanly_and_resume_continues(small_home, tmp_path):
-    """A second driver is refused before any set-up; Ctrl-C (SIGINT to the foreground process
-    group, as a terminal sends it) ends the first with one line, no traceback, and no MLflow run
-    left RUNNING; `--resume` from another directory finishes with every experiment once."""
+def test_a_campaign_survives_ctrl_c_and_a_killed_driver_and_runs_every_experiment_once(small_home, tmp_path):
+    """One campaign, three drivers, three directories. The first: a second driver is refused before
+    any set-up; Ctrl-C (SIGINT to the foreground process group, as a terminal sends it) ends it with
+    one line, no traceback, and no MLflow run left RUNNING. The second (`--resume`) is killed with
+    SIGKILL mid-campaign. The third (`--resume`) finishes: every experiment run once, and the forum,
+    the scorer's audit log and MLflow agree on every seed."""
     name = "interrupted"
     dirs = {d: tmp_path / d for d in ("first", "second", "third")}
     for d in dirs.values():
         d.mkdir()
+    forum_db = small_home / "forum.db"
     # a terminal's foreground job: SIGINT not ignored, even when this test runs in a background
     # job (whose commands a shell starts with SIGINT ignored, and children inherit that)
     driver = subprocess.Popen(resume_test_command(small_home, name), cwd=dirs["first"], env=_env(),
@@ -156,7 +131,6 @@ def test_one_driver_per_campaign_ctrl_c_ends_cleanly_and_resume_continues(small_
         from aar_ray.campaign import set_control
 
         set_control(str(small_home), name, "pause", researcher="reweighting-1")
-        forum_db = small_home / "forum.db"
         _wait_for(lambda: forum_db.exists() and len(_results(forum_db, name)) > 0, "a first result")
         assert driver.poll() is None
         os.killpg(driver.pid, signal.SIGINT)
@@ -181,16 +155,32 @@ def test_one_driver_per_campaign_ctrl_c_ends_cleanly_and_resume_continues(small_
     rows = [json.loads(line) for line in status.stdout.strip().splitlines()]  # from a third directory
     assert status.returncode == 0 and rows and all(r["experiments"] >= 0 for r in rows), status.stderr[-2000:]
 
+    # the second driver, with both researchers running again, dies by SIGKILL (no clean-up at all)
+    # once it has recorded an experiment of its own
     set_control(str(small_home), name, "run", researcher="reweighting-1")
+    done_before = len(_results(forum_db, name))
+    killed = subprocess.Popen(resume_test_command(small_home, name, "--resume"), cwd=dirs["second"], env=_env(),
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        _wait_for(lambda: len(_results(forum_db, name)) > done_before or killed.poll() is not None,
+                  "a result from the resumed driver")
+        assert killed.poll() is None, "the resumed driver ended before it could be killed"
+    finally:
+        os.killpg(killed.pid, signal.SIGKILL)
+        killed.wait()
+
     resumed = subprocess.run(resume_test_command(small_home, name, "--resume"), cwd=dirs["third"],
                              env=_env(), capture_output=True, text=True, timeout=900)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    results = _results(small_home / "forum.db", name)
-    assert len(results) == len(set(results["call_key"])) == 2 * 3
+    results = _results(forum_db, name)
+    assert len(results) == len(set(results["call_key"])) == 2 * 3  # every experiment exactly once
     runs = mlflow.search_runs(experiment_names=[f"campaign-{name}"])
     assert set(runs["status"]) <= {"FINISHED", "FAILED"}  # the KILLED parent finished on resume
     validation = runs[runs["tags.split"] == "validation"]
-    assert len(validation) == len(set(validation["tags.aar_key"])) == sum(len(s.split(",")) for s in results["seeds"])
+    seeds_in_forum = sum(len(s.split(",")) for s in results["seeds"])
+    audit = pd.read_json(small_home / "sealed" / "audit.jsonl", lines=True)
+    scored = audit[(audit["outcome"] == "scored") & audit["key"].fillna("").str.startswith(f"{name}/")]
+    assert len(validation) == len(set(validation["tags.aar_key"])) == len(scored) == seeds_in_forum
 
 
 # --------------------------------------------------------------------------- the lock itself
