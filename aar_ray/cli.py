@@ -287,8 +287,10 @@ def cmd_ui(args) -> int:
 
     for name, link in results_links(uri, f"http://127.0.0.1:{args.port}").items():
         print(f"  {name}: {link}")  # opens the runs table with PGR, not the UI's GenAI overview
+    # One server worker: a UI for one person. MLflow's 4 each import the whole server; with its job
+    # runner (off: environment.PROCESS_DEFAULTS) the first answer took 2.2x as long on 2 cores.
     os.execvp(sys.executable, [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, *beside,
-                               "--port", str(args.port)])
+                               "--port", str(args.port), "--workers", "1"])
 
 
 def cmd_methods(args) -> int:

@@ -17,6 +17,7 @@ settings through its Ray runtime env (`engine_process_env`).
 | `AAR_PG_BIN` | PostgreSQL's `initdb`/`pg_ctl` folder (tests, benchmarks) | newest installed |
 | API keys | named by each backend's `api_key_env` | none: an error naming the variable |
 | `RAY_JOB_CONFIG_JSON_ENV_VAR` | set by Ray in a job's entrypoint: relative homes are refused | |
+| `MLFLOW_SERVER_ENABLE_JOB_EXECUTION` | set by `prepare_process`: MLflow servers started from here run no job runner | `false` |
 """
 
 from __future__ import annotations
@@ -30,7 +31,10 @@ OFFLINE = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
 # vLLM's engine core in the calling process: a separate core process would need every caller to
 # guard its `__main__`, and an engine replica is one process per engine anyway.
 VLLM_IN_PROCESS = {"VLLM_ENABLE_V1_MULTIPROCESSING": "0"}
-PROCESS_DEFAULTS = {**OFFLINE, **VLLM_IN_PROCESS}
+# An MLflow server (`aar ui`, the tests' servers) without MLflow's GenAI job runner, which aar_ray
+# never uses: 8 more processes that each import MLflow (benchmarks/mlflow_server_start.py).
+MLFLOW_SERVER_WITHOUT_JOBS = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+PROCESS_DEFAULTS = {**OFFLINE, **VLLM_IN_PROCESS, **MLFLOW_SERVER_WITHOUT_JOBS}
 
 # Ray's job supervisor sets this in the environment of every job entrypoint it starts
 # (ray/dashboard/modules/job/job_supervisor.py, `_get_driver_env_vars`); `RAY_JOB_ID` is not

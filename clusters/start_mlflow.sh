@@ -17,6 +17,8 @@
 #   MLFLOW_ARTIFACTS_DESTINATION  artifact store behind the server, e.g. s3://BUCKET/mlflow
 #   MLFLOW_PORT                   default 5000
 #   MLFLOW_WORKERS                server worker processes (default: MLflow's, 4)
+#   MLFLOW_SERVER_ENABLE_JOB_EXECUTION  MLflow's GenAI job runner (default here false: aar_ray uses
+#                                 none of it, and it starts 8 more processes)
 #   AAR_MLFLOW_START_TIMEOUT_S    seconds to wait for the server to answer /health (default 120;
 #                                 a busy head takes longer to import MLflow and start its workers)
 #   MLFLOW_SQLALCHEMYSTORE_MAX_OVERFLOW  database connections a worker may open beyond its 5
@@ -101,6 +103,8 @@ if [[ -f "$state_dir/server.pgid" ]]; then
   fi
   rm -f "$state_dir/server.pgid"
 fi
+
+export MLFLOW_SERVER_ENABLE_JOB_EXECUTION="${MLFLOW_SERVER_ENABLE_JOB_EXECUTION:-false}"
 
 # setsid gives the server its own session and process group; the inner shell is the group
 # leader, so the pid it records is the group id used above.

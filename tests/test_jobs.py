@@ -250,7 +250,7 @@ def test_a_job_keeps_its_results_in_the_home_where_aar_finds_them_from_anywhere(
     assert sorted(_pgr_in_aar_ui(cluster.home, tmp_path, "aar-baselines")) == sorted(runs["metrics.pgr"])
 
 
-def _pgr_in_aar_ui(home: Path, cwd: Path, experiment: str, timeout: float = 300) -> list[float]:
+def _pgr_in_aar_ui(home: Path, cwd: Path, experiment: str, timeout: float = 600) -> list[float]:
     """The experiment runs' PGR as `aar ui`, started in another directory, serves them."""
     import requests
 
@@ -301,6 +301,13 @@ def test_a_campaign_survives_a_stopped_job_an_edited_checkout_and_a_dead_worker_
     lock = cluster.home / "campaigns" / name / "lock.json"
     _wait_for(lambda: lock.exists(), 600, "the first job never took the campaign's lock")
 
+    # one researcher paused from the start (the control file in the shared home, as `aar campaign
+    # pause --researcher` writes it), so the first job is still running, whatever the machine's
+    # speed, when it is stopped, and the resumed one has experiments left to run
+    from aar_ray.campaign import set_control
+
+    set_control(str(cluster.home), name, "pause", researcher="reweighting-1")
+
     # a second driver, anywhere on the cluster, is refused before any set-up
     second = _submit(cluster, *campaign, "--resume")
     out = second.stdout + second.stderr
@@ -312,13 +319,15 @@ def test_a_campaign_survives_a_stopped_job_an_edited_checkout_and_a_dead_worker_
     stopped = _ray_job(cluster, "job", "stop", "--address", "{address}", first, timeout=300)
     assert stopped.returncode == 0, stopped.stderr[-2000:]
     assert _wait_job(cluster, first) == "STOPPED"
-    # `ray job stop` sends SIGTERM: the driver ends like on Ctrl-C, in one line, well within the
-    # seconds Ray waits before SIGKILL (RAY_JOB_STOP_WAIT_TIME_S, 3 s by default)
+    # `ray job stop` sends SIGTERM: the driver ends like on Ctrl-C, in one line, within the seconds
+    # Ray waits before SIGKILL (RAY_JOB_STOP_WAIT_TIME_S: 60 in jobs/runtime_env.yaml, Ray's 3 s
+    # were too few on a busy head)
     logs = _ray_job(cluster, "job", "logs", "--address", "{address}", first, timeout=120).stdout
     assert f"aar campaign: campaign '{name}' interrupted;" in logs and "Traceback" not in logs, logs[-3000:]
     assert not lock.exists()
     operator_key = _operator_key(cluster.home)
 
+    set_control(str(cluster.home), name, "run", researcher="reweighting-1")
     # the user edits the checkout: the next job is another package, in another folder
     packages_before = {p.name for p in cluster.package_folders()}
     config = cluster.checkout / "conf" / "campaign" / "laptop.yaml"
