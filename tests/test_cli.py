@@ -195,3 +195,46 @@ def test_a_bug_in_a_command_is_not_reported_as_a_user_error(monkeypatch):
     monkeypatch.setitem(cli.COMMANDS, "methods", broken)
     with pytest.raises(ValueError, match="a bug"):
         cli.main(["methods"])
+
+
+@pytest.mark.slow
+def test_aar_ui_runs_one_server_worker_and_no_mlflow_job_runner(tmp_path):
+    """MLflow's defaults (4 workers and its GenAI job runner, 15 processes that each import MLflow)
+    delay a first page on a small machine; `aar ui` starts 2 processes, and sets that itself, not
+    from the caller's environment."""
+    import signal
+    import time
+
+    import psutil
+    import requests
+    from ports import free_port
+
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "MLFLOW_TRACKING_URI", "AAR_HOME")}
+    port = free_port()
+    ui = subprocess.Popen([sys.executable, "-m", "aar_ray.cli", "ui", "--port", str(port), "--home", str(tmp_path)],
+                          cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                          start_new_session=True)
+    try:
+        deadline = time.time() + 600
+        while True:
+            try:
+                if requests.get(f"http://127.0.0.1:{port}/health", timeout=10).ok:
+                    break
+            except requests.RequestException:
+                pass
+            assert ui.poll() is None and time.time() < deadline, "aar ui did not serve"
+            time.sleep(0.5)
+        time.sleep(3)  # MLflow starts its job runner after the server answers
+        group = []
+        for proc in psutil.process_iter(["cmdline"]):
+            try:
+                if os.getpgid(proc.pid) == ui.pid:
+                    group.append(" ".join(proc.info["cmdline"] or []))
+            except (ProcessLookupError, psutil.Error):
+                continue
+        assert not [c for c in group if "huey" in c or "_job_runner" in c], group
+        assert len(group) == 2, group  # the server and its one uvicorn worker
+    finally:
+        os.killpg(ui.pid, signal.SIGKILL)
+        ui.wait()
