@@ -206,8 +206,7 @@ def test_aar_ui_runs_one_server_worker_and_no_mlflow_job_runner(tmp_path):
     import time
 
     import psutil
-    import requests
-    from ports import free_port
+    from ports import free_port, wait_until_healthy
 
     env = {k: v for k, v in os.environ.items()
            if k not in ("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "MLFLOW_TRACKING_URI", "AAR_HOME")}
@@ -216,15 +215,7 @@ def test_aar_ui_runs_one_server_worker_and_no_mlflow_job_runner(tmp_path):
                           cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                           start_new_session=True)
     try:
-        deadline = time.time() + 600
-        while True:
-            try:
-                if requests.get(f"http://127.0.0.1:{port}/health", timeout=10).ok:
-                    break
-            except requests.RequestException:
-                pass
-            assert ui.poll() is None and time.time() < deadline, "aar ui did not serve"
-            time.sleep(0.5)
+        assert wait_until_healthy(f"http://127.0.0.1:{port}/health", ui, 600), "aar ui did not serve"
         time.sleep(3)  # MLflow starts its job runner after the server answers
         group = []
         for proc in psutil.process_iter(["cmdline"]):

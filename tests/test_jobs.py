@@ -25,7 +25,7 @@ import pandas as pd
 import psutil
 import pytest
 import yaml
-from ports import free_port
+from ports import free_port, wait_until_healthy
 
 pytestmark = pytest.mark.slow
 
@@ -181,27 +181,21 @@ def _submission_id(proc) -> str:
     raise AssertionError(proc.stdout + proc.stderr)
 
 
-def _dashboard(cluster, path: str, **params):
-    """A GET on the head's REST API (Ray's job API, which `ray job status` calls), from this
-    process: polling through that command would start an interpreter that imports Ray every few
-    seconds, on the cores the jobs under test need. None while the head cannot answer (its job
-    agent starts a few seconds after it)."""
+def _job_status(cluster, job_id: str) -> str | None:
+    """PENDING, RUNNING, SUCCEEDED, FAILED or STOPPED, from the head's REST API (which `ray job
+    status` calls), from this process: polling through that command would start an interpreter
+    that imports Ray every few seconds, on the cores the jobs under test need. None while the head
+    cannot say (its job agent starts a few seconds after it)."""
     import requests
 
     token = (Path.home() / ".ray" / "auth_token").read_text().strip()  # clusters/one_host.sh made it
     try:
-        response = requests.get(f"{cluster.address}{path}", params=params, timeout=60,
+        response = requests.get(f"{cluster.address}/api/jobs/{job_id}", timeout=60,
                                 headers={"Authorization": f"Bearer {token}"})
         response.raise_for_status()
-        return response.json()
+        return response.json()["status"]
     except (requests.RequestException, ValueError):
         return None
-
-
-def _job_status(cluster, job_id: str) -> str | None:
-    """PENDING, RUNNING, SUCCEEDED, FAILED or STOPPED; None while the head cannot say."""
-    job = _dashboard(cluster, f"/api/jobs/{job_id}")
-    return job and job["status"]
 
 
 def _wait_job(cluster, job_id, timeout=900) -> str:
@@ -262,10 +256,7 @@ def _pgr_in_aar_ui(home: Path, cwd: Path, experiment: str, timeout: float = 600)
                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     api = f"http://127.0.0.1:{port}/api/2.0/mlflow"
     try:
-        deadline = time.time() + timeout
-        while not _serves(f"http://127.0.0.1:{port}/health"):  # refused, or too busy to answer yet
-            assert ui.poll() is None and time.time() < deadline, "aar ui did not serve"
-            time.sleep(1)
+        assert wait_until_healthy(f"http://127.0.0.1:{port}/health", ui, timeout), "aar ui did not serve"
         # a busy machine's first store query can take tens of seconds: a slow answer is not a wrong one
         found = requests.get(f"{api}/experiments/get-by-name", params={"experiment_name": experiment}, timeout=300)
         search = requests.post(f"{api}/runs/search", timeout=300, json={
@@ -275,15 +266,6 @@ def _pgr_in_aar_ui(home: Path, cwd: Path, experiment: str, timeout: float = 600)
     finally:  # SIGKILL: how `aar ui` stops is not this test's subject, and a busy one stops slowly
         os.killpg(ui.pid, signal.SIGKILL)
         ui.wait()
-
-
-def _serves(url: str) -> bool:
-    import requests
-
-    try:
-        return requests.get(url, timeout=10).ok
-    except requests.RequestException:
-        return False
 
 
 def test_a_relative_home_in_a_job_is_refused_naming_the_key(cluster):

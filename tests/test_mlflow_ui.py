@@ -18,7 +18,7 @@ import requests
 
 from aar_ray.campaign.report import markdown_page
 from aar_ray.tracking import Tracker, results_links
-from ports import free_port
+from ports import free_port, wait_until_healthy
 
 pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(shutil.which("chromium") is None, reason="Debian's chromium is not installed")]
@@ -36,22 +36,12 @@ def server(tmp_path):
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.time() + 120
-        while not _healthy(url):
-            if time.time() > deadline:
-                pytest.fail("mlflow server did not start")
-            time.sleep(0.5)
+        if not wait_until_healthy(f"{url}/health", proc, 120, probe_timeout=1):
+            pytest.fail("mlflow server did not start")
         yield url
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
-
-
-def _healthy(url):
-    try:
-        return requests.get(f"{url}/health", timeout=1).ok
-    except requests.RequestException:
-        return False
 
 
 def _chromium(tmp_path, url, *, screenshot: Path | None = None) -> str:

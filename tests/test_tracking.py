@@ -8,10 +8,9 @@ import time
 
 import pandas as pd
 import pytest
-import requests
 
 from aar_ray.tracking import Tracker
-from ports import free_port
+from ports import free_port, wait_until_healthy
 
 pytestmark = pytest.mark.slow
 
@@ -22,13 +21,8 @@ def _start_server(tmp_path, port):
                              "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
                              "--artifacts-destination", str(tmp_path / "artifacts"), "--workers", "1"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    deadline = time.time() + 90
-    while time.time() < deadline:
-        try:
-            if requests.get(f"http://127.0.0.1:{port}/health", timeout=1).ok:
-                return proc
-        except requests.RequestException:
-            time.sleep(0.5)
+    if wait_until_healthy(f"http://127.0.0.1:{port}/health", proc, 90, probe_timeout=1):
+        return proc
     _stop(proc)
     pytest.fail("mlflow server did not start")
 
