@@ -34,10 +34,11 @@ def busy_loop() -> None:  # pragma: no cover - runs until terminated
 
 def run_tier(name: str, marker: list[str], log: Path) -> dict:
     """One tier of the suite, its output in `log` (a file, not a pipe: a process a test left
-    behind could hold a pipe open long after pytest ended); its seconds, counts and exit code."""
+    behind could hold a pipe open long after pytest ended); its seconds, counts and exit code.
+    The log ends with the 30 slowest steps, where a bound that a busy machine nears shows first."""
     started = time.monotonic()
     with log.open("w") as out:
-        returncode = subprocess.run([sys.executable, "-m", "pytest", "-q", "-rfE", *marker], cwd=ROOT,
+        returncode = subprocess.run([sys.executable, "-m", "pytest", "-q", "-rfE", "--durations=30", *marker], cwd=ROOT,
                                     stdout=out, stderr=subprocess.STDOUT).returncode
     lines = log.read_text(errors="replace").splitlines()
     summary = next((line for line in reversed(lines) if SUMMARY.search(line) and " in " in line), "")
