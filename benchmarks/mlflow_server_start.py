@@ -25,8 +25,9 @@ import requests
 from aar_ray.forum.postgres import free_port
 
 
-def first_answer(workers: int, job_runner: bool) -> tuple[float, int]:
-    """Seconds until the server answers a store query, and the processes it runs by then."""
+def first_answer(workers: int, job_runner: bool, timeout: float = 600) -> tuple[float, int]:
+    """Seconds until the server answers a store query, and the processes it runs by then; an error
+    if it exits or has not answered within `timeout` seconds."""
     port, store = free_port(), tempfile.mkdtemp(prefix="aar-mlflow-start-")
     env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": str(job_runner).lower()}
     started = time.perf_counter()
@@ -36,6 +37,8 @@ def first_answer(workers: int, job_runner: bool) -> tuple[float, int]:
     url = f"http://127.0.0.1:{port}/api/2.0/mlflow/experiments/get-by-name"
     try:
         while True:
+            if server.poll() is not None or time.perf_counter() - started > timeout:
+                raise RuntimeError(f"mlflow ui --workers {workers} (job runner {job_runner}) did not answer")
             try:
                 if requests.get(url, params={"experiment_name": "Default"}, timeout=300).ok:
                     break
