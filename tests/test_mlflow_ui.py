@@ -27,8 +27,11 @@ PARAMS = {"testbed": "taxonomy", "seed": 1, "eval_split": "validation"}
 
 
 
-@pytest.fixture()
-def server(tmp_path):
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    """One server for the module (each start takes 12-15 s on 2 cores); each test writes its own
+    experiment, so no test sees another's runs."""
+    tmp_path = tmp_path_factory.mktemp("mlflow-server")
     port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
                              "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
@@ -58,10 +61,10 @@ def _chromium(tmp_path, url, *, screenshot: Path | None = None) -> str:
     return re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", text))
 
 
-def _campaign(tracker: Tracker) -> str:
+def _campaign(tracker: Tracker, name: str) -> str:
     """A campaign's records as the campaign writes them: its run, a run per researcher, the
     researchers' experiments, then the summaries."""
-    campaign = tracker.start_parent("campaign-ui", {"testbed": "taxonomy"})
+    campaign = tracker.start_parent(name, {"testbed": "taxonomy"})
     for researcher, pgrs in (("reweighting-1", [0.82, 0.41]), ("representations-0", [0.33])):
         run = tracker.researcher_run(campaign, researcher)
         for i, pgr in enumerate(pgrs):
@@ -76,7 +79,7 @@ def _campaign(tracker: Tracker) -> str:
 
 def test_the_page_aar_ui_links_to_shows_pgr_first(server, tmp_path):
     tracker = Tracker(server, "campaign-ui", spool_dir=tmp_path / "spool")
-    _campaign(tracker)
+    _campaign(tracker, "campaign-ui")
     link = results_links(server, server)["campaign-ui"]
     page = _chromium(tmp_path, link, screenshot=tmp_path / "runs-with-pgr.png")
     assert "Overview" not in page.split("campaign-ui")[-1][:200]  # the runs table, not the GenAI overview
@@ -92,16 +95,16 @@ def test_the_page_aar_ui_links_to_shows_pgr_first(server, tmp_path):
 def test_the_plain_experiment_link_names_the_best_pgr(server, tmp_path):
     """Opened without the view (from the experiment list, in the UI's model-training mode), the
     runs table has no metric columns; the campaign run's name still says its best PGR."""
-    tracker = Tracker(server, "campaign-ui", spool_dir=tmp_path / "spool")
-    _campaign(tracker)
+    tracker = Tracker(server, "campaign-plain", spool_dir=tmp_path / "spool")
+    _campaign(tracker, "campaign-plain")
     page = _chromium(tmp_path, f"{server}/#/experiments/{tracker.experiment_id}?workflowType=machine_learning",
                      screenshot=tmp_path / "runs-plain.png")
-    assert "PGR 0.82 · campaign-ui" in page
+    assert "PGR 0.82 · campaign-plain" in page
 
 
 def test_the_report_renders_with_its_plot_in_the_artifact_viewer(server, tmp_path):
-    tracker = Tracker(server, "campaign-ui", spool_dir=tmp_path / "spool")
-    run = tracker.start_parent("campaign-ui", {})
+    tracker = Tracker(server, "campaign-report", spool_dir=tmp_path / "spool")
+    run = tracker.start_parent("campaign-report", {})
     import matplotlib
 
     matplotlib.use("Agg")
