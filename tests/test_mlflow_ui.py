@@ -61,10 +61,10 @@ def _chromium(tmp_path, url, *, screenshot: Path | None = None) -> str:
     return re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", text))
 
 
-def _campaign(tracker: Tracker, name: str) -> str:
-    """A campaign's records as the campaign writes them: its run, a run per researcher, the
-    researchers' experiments, then the summaries."""
-    campaign = tracker.start_parent(name, {"testbed": "taxonomy"})
+def _campaign(tracker: Tracker) -> str:
+    """A campaign's records as the campaign writes them: its run (named as its experiment), a run
+    per researcher, the researchers' experiments, then the summaries."""
+    campaign = tracker.start_parent(tracker.experiment, {"testbed": "taxonomy"})
     for researcher, pgrs in (("reweighting-1", [0.82, 0.41]), ("representations-0", [0.33])):
         run = tracker.researcher_run(campaign, researcher)
         for i, pgr in enumerate(pgrs):
@@ -79,7 +79,7 @@ def _campaign(tracker: Tracker, name: str) -> str:
 
 def test_the_page_aar_ui_links_to_shows_pgr_first(server, tmp_path):
     tracker = Tracker(server, "campaign-ui", spool_dir=tmp_path / "spool")
-    _campaign(tracker, "campaign-ui")
+    _campaign(tracker)
     link = results_links(server, server)["campaign-ui"]
     page = _chromium(tmp_path, link, screenshot=tmp_path / "runs-with-pgr.png")
     assert "Overview" not in page.split("campaign-ui")[-1][:200]  # the runs table, not the GenAI overview
@@ -96,7 +96,7 @@ def test_the_plain_experiment_link_names_the_best_pgr(server, tmp_path):
     """Opened without the view (from the experiment list, in the UI's model-training mode), the
     runs table has no metric columns; the campaign run's name still says its best PGR."""
     tracker = Tracker(server, "campaign-plain", spool_dir=tmp_path / "spool")
-    _campaign(tracker, "campaign-plain")
+    _campaign(tracker)
     page = _chromium(tmp_path, f"{server}/#/experiments/{tracker.experiment_id}?workflowType=machine_learning",
                      screenshot=tmp_path / "runs-plain.png")
     assert "PGR 0.82 · campaign-plain" in page
